@@ -1,0 +1,94 @@
+-- outbox.events: the public view of events, one row per event, with the envelope assembled
+-- from the raw facts the write path stored (see 020_capture_trigger.sql).
+
+-- schema.table.op for captured changes, the emitted topic otherwise.
+create or replace function outbox._event_topic(p_event outbox._events)
+returns text
+language sql immutable parallel safe
+as $$
+  select coalesce(p_event.topic, p_event.schema_name || '.' || p_event.table_name || '.' || p_event.op)
+$$;
+
+-- The key columns of the row as an object for captures; emit's key as a JSON string.
+create or replace function outbox._event_key(p_event outbox._events, p_new jsonb, p_old jsonb)
+returns jsonb
+language sql immutable parallel safe
+as $$
+  select case
+    when p_event.op = 'emit' then to_jsonb(p_event.emit_key)
+    when p_event.op = 'truncate' then null
+    else (select jsonb_object_agg(k.name, coalesce(p_new, p_old) -> k.name)
+          from unnest(p_event.key_columns) k(name))
+  end
+$$;
+
+-- The tenant column's value when the capture names one, else `outbox.tenant` of the context.
+create or replace function outbox._event_tenant(p_event outbox._events, p_new jsonb, p_old jsonb)
+returns text
+language sql immutable parallel safe
+as $$
+  select coalesce(coalesce(p_new, p_old) ->> p_event.tenant_column, p_event.context ->> 'tenant')
+$$;
+
+-- The envelope of one event (DESIGN.md "The envelope"). Capture events always carry
+-- op/table/key/new/old (null where the operation has none) and `changed` for updates;
+-- emitted events carry `data` and `key` when one was given. Context fields appear when set.
+create or replace function outbox._envelope(
+  p_event outbox._events, p_image json, p_position bigint)
+returns jsonb
+language sql stable parallel safe
+as $$
+  with images as (
+    select
+      case p_event.op when 'insert' then p_image::jsonb
+                      when 'update' then (p_image -> 1)::jsonb end as new_row,
+      case p_event.op when 'delete' then p_image::jsonb
+                      when 'update' then (p_image -> 0)::jsonb end as old_row
+  )
+  select
+    jsonb_build_object(
+      'id', outbox._event_uuid(p_event.created_at, p_position),
+      'type', outbox._event_topic(p_event),
+      'time', to_char(p_event.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    || case when p_event.op = 'emit' then
+         jsonb_build_object('data', p_image::jsonb)
+         || case when p_event.emit_key is null then '{}'::jsonb
+                 else jsonb_build_object('key', p_event.emit_key) end
+       else
+         jsonb_build_object(
+           'op', p_event.op,
+           'table', jsonb_build_object('schema', p_event.schema_name, 'name', p_event.table_name),
+           'key', outbox._event_key(p_event, i.new_row, i.old_row),
+           'new', i.new_row,
+           'old', i.old_row)
+         || case when p_event.op = 'update' then jsonb_build_object('changed',
+              (select coalesce(jsonb_agg(k.name order by k.ord), '[]'::jsonb)
+               from json_object_keys(p_image -> 1) with ordinality k(name, ord)
+               where (p_image -> 1 -> k.name)::text is distinct from (p_image -> 0 -> k.name)::text))
+            else '{}'::jsonb end
+       end
+    || coalesce(p_event.context, '{}'::jsonb)
+    || case when outbox._event_tenant(p_event, i.new_row, i.old_row) is null then '{}'::jsonb
+            else jsonb_build_object('tenant', outbox._event_tenant(p_event, i.new_row, i.old_row)) end
+  from images i
+$$;
+
+create or replace view outbox.events as
+select
+  outbox._event_uuid(e.created_at, (e.id << 16) + i.ord - 1) as id,
+  (e.id << 16) + i.ord - 1 as position,
+  outbox._event_topic(e) as topic,
+  e.op,
+  e.schema_name,
+  e.table_name,
+  outbox._event_key(e,
+    case e.op when 'insert' then i.image::jsonb when 'update' then (i.image -> 1)::jsonb end,
+    case e.op when 'delete' then i.image::jsonb when 'update' then (i.image -> 0)::jsonb end) as key,
+  outbox._envelope(e, i.image, (e.id << 16) + i.ord - 1) as payload,
+  outbox._event_tenant(e,
+    case e.op when 'insert' then i.image::jsonb when 'update' then (i.image -> 1)::jsonb end,
+    case e.op when 'delete' then i.image::jsonb when 'update' then (i.image -> 0)::jsonb end) as tenant,
+  e.xid,
+  e.created_at
+from outbox._events e
+cross join lateral json_array_elements(e.rows) with ordinality i(image, ord);

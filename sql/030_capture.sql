@@ -24,12 +24,12 @@ begin
   if p_names is null then return null; end if;
   select u.name into v_missing
   from unnest(p_names) u(name)
-  where not exists (
+  where u.name is null or not exists (
     select from pg_catalog.pg_attribute a
     where a.attrelid = p_target and a.attname = u.name and a.attnum > 0 and not a.attisdropped)
   limit 1;
   if found then
-    raise exception 'outbox.enable_capture: % has no column %', p_target, quote_ident(v_missing)
+    raise exception 'outbox.enable_capture: % has no column %', p_target, coalesce(quote_ident(v_missing), 'NULL')
       using errcode = '42703',
             hint = format('Check the %s argument; column names are case-sensitive.', p_option);
   end if;
@@ -192,7 +192,7 @@ begin
     raise exception 'outbox.enable_capture: % is a %, not a table', target,
       case v_relkind when 'v' then 'view' when 'm' then 'materialized view'
         when 'f' then 'foreign table' when 'S' then 'sequence' when 'i' then 'index'
-        else 'relation of kind ' || v_relkind end
+        else 'relation of kind ' || v_relkind::text end
       using errcode = '42809', hint = 'Capture works on tables; enable it on the table the view reads.';
   end if;
   if v_is_partition then
@@ -219,7 +219,7 @@ begin
     raise exception 'outbox.enable_capture: tenant column % is also excluded', quote_ident(tenant_column)
       using errcode = '22023', hint = 'The tenant is read from the captured row; do not exclude it.';
   end if;
-  v_tenant := outbox._attnums(target, array[tenant_column], 'tenant_column');
+  v_tenant := outbox._attnums(target, case when tenant_column is not null then array[tenant_column] end, 'tenant_column');
 
   insert into outbox._captures as c
     (target, operations, column_attnums, exclude_attnums, tenant_attnum)

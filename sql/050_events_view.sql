@@ -62,8 +62,8 @@ as $$
            'new', i.new_row,
            'old', i.old_row)
          || case when p_event.op = 'update' then jsonb_build_object('changed',
-              (select coalesce(jsonb_agg(k.name order by k.ord), '[]'::jsonb)
-               from json_object_keys(p_image -> 1) with ordinality k(name, ord)
+              (select coalesce(jsonb_agg(k.name order by k.name), '[]'::jsonb)
+               from json_object_keys(p_image -> 1) k(name)
                where (p_image -> 1 -> k.name)::text is distinct from (p_image -> 0 -> k.name)::text))
             else '{}'::jsonb end
        end

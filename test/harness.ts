@@ -73,7 +73,7 @@ export function useTestDatabase(): TestDatabase {
     Object.assign(holder, await createTestDatabase());
   });
   after(async () => {
-    if (holder.sql) await dropTestDatabase(holder);
+    if ("sql" in holder) await dropTestDatabase(holder);
   });
   return holder;
 }

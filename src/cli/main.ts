@@ -1,0 +1,96 @@
+/** The `outbox` command line. */
+import { Command, CommanderError } from "commander";
+import { createOutbox, type Outbox } from "../outbox.js";
+import { exitCodes, readEnv, reportError, requireDatabaseUrl } from "./context.js";
+import { runDemo } from "./demo.js";
+
+function list(value: string): string[] {
+  return value.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+/** Runs `fn` with an Outbox on DATABASE_URL and closes it. */
+async function withOutbox<T>(fn: (outbox: Outbox) => Promise<T>): Promise<T> {
+  const outbox = createOutbox({ connectionString: requireDatabaseUrl(readEnv()) });
+  try {
+    return await fn(outbox);
+  } finally {
+    await outbox.close();
+  }
+}
+
+function print(value: unknown, json: boolean, text: () => string): void {
+  console.log(json ? JSON.stringify(value, null, 2) : text());
+}
+
+const program = new Command()
+  .name("outbox")
+  .description("pg-outbox: turn Postgres writes into reliably delivered events")
+  .showHelpAfterError()
+  .exitOverride();
+
+program
+  .command("migrate")
+  .description("create or upgrade the outbox schema in DATABASE_URL (safe to run concurrently)")
+  .action(async () => {
+    await withOutbox((outbox) => outbox.migrate());
+    console.log("outbox: schema is up to date");
+  });
+
+const capture = program.command("capture").description("manage captured tables");
+capture
+  .command("enable <table>")
+  .description("capture INSERT/UPDATE/DELETE of a table as events (idempotent)")
+  .option("--operations <list>", "comma-separated: insert,update,delete,truncate", list)
+  .option("--columns <list>", "only changes of these columns make an UPDATE an event", list)
+  .option("--exclude <list>", "columns that never appear in events", list)
+  .option("--tenant-column <column>", "column holding the row's tenant")
+  .action(async (table: string, opts: { operations?: string[]; columns?: string[]; exclude?: string[]; tenantColumn?: string }) => {
+    await withOutbox((outbox) =>
+      outbox.enableCapture(table, {
+        ...(opts.operations ? { operations: opts.operations as never } : {}),
+        ...(opts.columns ? { columns: opts.columns } : {}),
+        ...(opts.exclude ? { excludeColumns: opts.exclude } : {}),
+        ...(opts.tenantColumn ? { tenantColumn: opts.tenantColumn } : {}),
+      }),
+    );
+    console.log(`outbox: capturing ${table}`);
+  });
+capture
+  .command("disable <table>")
+  .description("stop capturing a table (events already written stay)")
+  .action(async (table: string) => {
+    await withOutbox((outbox) => outbox.disableCapture(table));
+    console.log(`outbox: no longer capturing ${table}`);
+  });
+capture
+  .command("list")
+  .description("captured tables, their options and health")
+  .option("--json", "print JSON")
+  .action(async (opts: { json?: boolean }) => {
+    const rows = await withOutbox((outbox) => outbox.captures());
+    print(rows, Boolean(opts.json), () =>
+      rows.length === 0
+        ? "no captured tables"
+        : rows
+            .map((r) => `${r.schemaName}.${r.tableName}  ops=${r.operations.join(",")}  key=${(r.keyColumns ?? []).join(",")}  health=${r.health}`)
+            .join("\n"),
+    );
+    if (rows.some((r) => r.health !== "ok")) process.exitCode = exitCodes.failure;
+  });
+
+program
+  .command("demo")
+  .description("events flowing end to end on the embedded PostgreSQL (or DATABASE_URL when set)")
+  .action(async () => {
+    await runDemo(readEnv());
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  if (error instanceof CommanderError) {
+    process.exitCode = error.exitCode === 0 ? exitCodes.ok : exitCodes.usage;
+  } else {
+    process.exitCode = reportError(error);
+  }
+}

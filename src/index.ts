@@ -1,0 +1,8 @@
+/** pg-outbox: turn Postgres writes into reliably delivered events. */
+export { createOutbox, type Outbox, type OutboxOptions } from "./outbox.js";
+export type { CaptureOptions, CaptureRow } from "./db/captures.js";
+export type { EventRow, Queryable } from "./db/events.js";
+export { migrate } from "./db/migrate.js";
+export { startEmbeddedPostgres, type EmbeddedServer, type EmbeddedOptions } from "./db/embeddedPostgres.js";
+export { OutboxError, ConfigError, type OutboxErrorCode } from "./errors.js";
+export { createLogger, type Logger, type LoggerOptions } from "./logger.js";

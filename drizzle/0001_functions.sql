@@ -74,18 +74,26 @@ $$;
 -- envelope is assembled on read by outbox.events. Statement level with transition tables: a
 -- 10,000-row statement is one call and one INSERT writing ten rows of 1,000 images each.
 -- `to_json` (text) is markedly cheaper than building jsonb on this path.
+--
+-- Rows of the transition tables are always referenced as `n.*` / `o.*`: a bare `n` or `o`
+-- means the table's own column when it has one of that name, and the event would carry
+-- that column's value instead of the row (or the UPDATE would fail).
 create or replace function outbox.tg_capture__write()
 returns trigger
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+-- A captured table may have a column named like one of these variables.
+#variable_conflict use_variable
 declare
   v_keys text[] := TG_ARGV[0]::text[];
   v_exclude text[] := nullif(TG_ARGV[1], '')::text[];
   v_columns text[] := nullif(TG_ARGV[2], '')::text[];
   v_tenant_column text := nullif(TG_ARGV[3], '');
   v_context jsonb := outbox._context();
+  v_schema name;
+  v_table name;
 begin
   if TG_LEVEL = 'ROW' then
     -- Partitioned tables: their statement triggers do not fire for statements that name a
@@ -99,10 +107,15 @@ begin
         return null;
       end if;
     end if;
+    -- The trigger fires on the partition holding the row, but the event names the captured
+    -- partitioned table (its topic, its subscriptions), wherever the row lives.
+    select n.nspname, c.relname into v_schema, v_table
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+    where c.oid = coalesce(pg_partition_root(TG_RELID), TG_RELID);
     insert into outbox._events
       (op, schema_name, table_name, key_columns, tenant_column, context, count, rows)
     values (
-      lower(TG_OP), TG_TABLE_SCHEMA, TG_TABLE_NAME, v_keys, v_tenant_column, v_context, 1,
+      lower(TG_OP), v_schema, v_table, v_keys, v_tenant_column, v_context, 1,
       case TG_OP
         when 'INSERT' then json_build_array(outbox._capture_image(to_json(new), v_exclude))
         when 'DELETE' then json_build_array(outbox._capture_image(to_json(old), v_exclude))
@@ -119,8 +132,8 @@ begin
     select 'insert', TG_TABLE_SCHEMA, TG_TABLE_NAME, v_keys, v_tenant_column, v_context,
            count(*), json_agg(r.image)
     from (
-      select case when v_exclude is null then to_json(n)
-                  else (to_jsonb(n) - v_exclude)::json end as image,
+      select case when v_exclude is null then to_json(n.*)
+                  else (to_jsonb(n.*) - v_exclude)::json end as image,
              (row_number() over () - 1) / 1000 as chunk
       from outbox_new n
     ) r
@@ -132,8 +145,8 @@ begin
     select 'delete', TG_TABLE_SCHEMA, TG_TABLE_NAME, v_keys, v_tenant_column, v_context,
            count(*), json_agg(r.image)
     from (
-      select case when v_exclude is null then to_json(o)
-                  else (to_jsonb(o) - v_exclude)::json end as image,
+      select case when v_exclude is null then to_json(o.*)
+                  else (to_jsonb(o.*) - v_exclude)::json end as image,
              (row_number() over () - 1) / 1000 as chunk
       from outbox_old o
     ) r
@@ -152,8 +165,8 @@ begin
              outbox._capture_image(to_json(p.n), v_exclude)))
     from (
       select o.r as o, n.r as n, o.pos
-      from (select o as r, row_number() over () as pos from outbox_old o) o
-      join (select n as r, row_number() over () as pos from outbox_new n) n using (pos)
+      from (select (o.*)::record as r, row_number() over () as pos from outbox_old o) o
+      join (select (n.*)::record as r, row_number() over () as pos from outbox_new n) n using (pos)
     ) p
     where case when v_columns is null and v_exclude is null then not (p.n *= p.o)
                else outbox._capture_changed(to_jsonb(p.o), to_jsonb(p.n), v_exclude, v_columns)
@@ -316,7 +329,9 @@ $$;
 -- (Re)creates the triggers of one captured table from its row in _captures. Called by
 -- enable_capture and by the DDL event trigger after an ALTER TABLE. With p_strict false
 -- (the DDL path) a table that lost its key keeps capturing with an empty key and a warning
--- instead of failing the user's ALTER TABLE.
+-- instead of failing the user's ALTER TABLE, and each trigger keeps its enabled state: the
+-- ALTER TABLE may be `disable trigger outbox_capture_…` itself, which must stay disabled and
+-- show in `health` rather than be silently re-enabled. enable_capture re-enables them all.
 create or replace function outbox._capture_install(p_target regclass, p_strict boolean default true)
 returns void
 language plpgsql
@@ -331,6 +346,8 @@ declare
   v_ops text[];
   v_row_ops text;
   v_trigger text;
+  v_states jsonb;
+  v_state text;
 begin
   select * into strict v_capture from outbox._captures where target = p_target;
   select relkind into v_relkind from pg_catalog.pg_class where oid = p_target;
@@ -352,6 +369,10 @@ begin
   end if;
 
   perform set_config('outbox._installing', 'on', true);
+  select jsonb_object_agg(tgname, tgenabled) into v_states
+  from pg_catalog.pg_trigger
+  where tgrelid = p_target and not tgisinternal and tgname like 'outbox\_capture%'
+    and tgparentid = 0 and not p_strict;
   for v_trigger in
     select tgname from pg_catalog.pg_trigger
     where tgrelid = p_target and not tgisinternal and tgname like 'outbox\_capture%'
@@ -400,6 +421,17 @@ begin
   execute format('create trigger outbox_capture_bypass after insert or update or delete on %s for each %s execute function outbox.tg_capture__bypass()',
                  p_target, case when v_relkind = 'p' then 'row' else 'statement' end);
   execute format('alter table %s enable replica trigger outbox_capture_bypass', p_target);
+  for v_trigger, v_state in
+    select t.tgname, s.value
+    from pg_catalog.pg_trigger t
+    join jsonb_each_text(v_states) s on s.key = t.tgname::text
+    where t.tgrelid = p_target and t.tgparentid = 0 and t.tgenabled::text <> s.value
+  loop
+    execute format('alter table %s %s trigger %I', p_target,
+                   case v_state when 'D' then 'disable' when 'R' then 'enable replica'
+                                when 'A' then 'enable always' else 'enable' end,
+                   v_trigger);
+  end loop;
   perform set_config('outbox._installing', '', true);
 end
 $$;
@@ -433,7 +465,8 @@ begin
       using errcode = '42809', hint = 'Capture works on tables; enable it on the table the view reads.';
   end if;
   if v_is_partition then
-    raise exception 'outbox.enable_capture: % is a partition', target
+    raise exception 'outbox.enable_capture: % is a partition of %', target,
+        (select pg_partition_root(target))::regclass
       using errcode = '42809',
             hint = format('Enable capture on its partitioned table %s: that covers every partition, present and future.',
                           (select pg_partition_root(target))::regclass);
@@ -511,9 +544,14 @@ as $$
      where not exists (select from pg_catalog.pg_trigger t
                        where t.tgrelid = p_target and t.tgname = e.name)
      limit 1),
+    -- A partition's clone of a capture trigger can be disabled on its own.
     (select 'trigger ' || t.tgname || ' is disabled'
+            || case when t.tgrelid <> p_target then ' on partition ' || t.tgrelid::regclass::text else '' end
      from pg_catalog.pg_trigger t
-     where t.tgrelid = p_target and t.tgname like 'outbox\_capture%' and t.tgenabled = 'D'
+     where (t.tgrelid = p_target
+            or t.tgrelid in (select relid from pg_catalog.pg_partition_tree(p_target)))
+       and t.tgname like 'outbox\_capture%' and t.tgenabled = 'D'
+     order by t.tgrelid <> p_target, t.tgname
      limit 1),
     case when p_bypassed > 0
       then p_bypassed || ' statements bypassed capture under session_replication_role = replica' end,

@@ -12,18 +12,26 @@
 -- envelope is assembled on read by outbox.events. Statement level with transition tables: a
 -- 10,000-row statement is one call and one INSERT writing ten rows of 1,000 images each.
 -- `to_json` (text) is markedly cheaper than building jsonb on this path.
+--
+-- Rows of the transition tables are always referenced as `n.*` / `o.*`: a bare `n` or `o`
+-- means the table's own column when it has one of that name, and the event would carry
+-- that column's value instead of the row (or the UPDATE would fail).
 create or replace function outbox.tg_capture__write()
 returns trigger
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+-- A captured table may have a column named like one of these variables.
+#variable_conflict use_variable
 declare
   v_keys text[] := TG_ARGV[0]::text[];
   v_exclude text[] := nullif(TG_ARGV[1], '')::text[];
   v_columns text[] := nullif(TG_ARGV[2], '')::text[];
   v_tenant_column text := nullif(TG_ARGV[3], '');
   v_context jsonb := outbox._context();
+  v_schema name;
+  v_table name;
 begin
   if TG_LEVEL = 'ROW' then
     -- Partitioned tables: their statement triggers do not fire for statements that name a
@@ -37,10 +45,15 @@ begin
         return null;
       end if;
     end if;
+    -- The trigger fires on the partition holding the row, but the event names the captured
+    -- partitioned table (its topic, its subscriptions), wherever the row lives.
+    select n.nspname, c.relname into v_schema, v_table
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+    where c.oid = coalesce(pg_partition_root(TG_RELID), TG_RELID);
     insert into outbox._events
       (op, schema_name, table_name, key_columns, tenant_column, context, count, rows)
     values (
-      lower(TG_OP), TG_TABLE_SCHEMA, TG_TABLE_NAME, v_keys, v_tenant_column, v_context, 1,
+      lower(TG_OP), v_schema, v_table, v_keys, v_tenant_column, v_context, 1,
       case TG_OP
         when 'INSERT' then json_build_array(outbox._capture_image(to_json(new), v_exclude))
         when 'DELETE' then json_build_array(outbox._capture_image(to_json(old), v_exclude))
@@ -57,8 +70,8 @@ begin
     select 'insert', TG_TABLE_SCHEMA, TG_TABLE_NAME, v_keys, v_tenant_column, v_context,
            count(*), json_agg(r.image)
     from (
-      select case when v_exclude is null then to_json(n)
-                  else (to_jsonb(n) - v_exclude)::json end as image,
+      select case when v_exclude is null then to_json(n.*)
+                  else (to_jsonb(n.*) - v_exclude)::json end as image,
              (row_number() over () - 1) / 1000 as chunk
       from outbox_new n
     ) r
@@ -70,8 +83,8 @@ begin
     select 'delete', TG_TABLE_SCHEMA, TG_TABLE_NAME, v_keys, v_tenant_column, v_context,
            count(*), json_agg(r.image)
     from (
-      select case when v_exclude is null then to_json(o)
-                  else (to_jsonb(o) - v_exclude)::json end as image,
+      select case when v_exclude is null then to_json(o.*)
+                  else (to_jsonb(o.*) - v_exclude)::json end as image,
              (row_number() over () - 1) / 1000 as chunk
       from outbox_old o
     ) r
@@ -90,8 +103,8 @@ begin
              outbox._capture_image(to_json(p.n), v_exclude)))
     from (
       select o.r as o, n.r as n, o.pos
-      from (select o as r, row_number() over () as pos from outbox_old o) o
-      join (select n as r, row_number() over () as pos from outbox_new n) n using (pos)
+      from (select (o.*)::record as r, row_number() over () as pos from outbox_old o) o
+      join (select (n.*)::record as r, row_number() over () as pos from outbox_new n) n using (pos)
     ) p
     where case when v_columns is null and v_exclude is null then not (p.n *= p.o)
                else outbox._capture_changed(to_jsonb(p.o), to_jsonb(p.n), v_exclude, v_columns)

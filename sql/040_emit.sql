@@ -29,6 +29,7 @@ begin
   insert into outbox._events (op, topic, emit_key, context, count, rows)
   values ('emit', topic, key, outbox._context(), 1, json_build_array(data))
   returning id, created_at into v_id, v_created_at;
+  perform outbox._wake();
   return outbox._event_uuid(v_created_at, v_id << 16);
 end
 $$;

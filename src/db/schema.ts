@@ -9,6 +9,8 @@
 import { sql } from "drizzle-orm";
 import {
   bigint,
+  boolean,
+  check,
   customType,
   index,
   integer,
@@ -17,6 +19,8 @@ import {
   pgSchema,
   text,
   timestamp,
+  uniqueIndex,
+  uuid,
 } from "drizzle-orm/pg-core";
 
 /** The `outbox` schema that holds every object of pg-outbox. */
@@ -70,3 +74,106 @@ export const events = outboxSchema.table(
   },
   (t) => [index("_events_xid_idx").on(t.xid)],
 );
+
+/** `jsonpath`: a subscription's filter, evaluated like `jsonb_path_match`. */
+const jsonpath = customType<{ data: string; driverData: string }>({ dataType: () => "jsonpath" });
+
+/**
+ * Subscriptions: public, written with plain SQL or migrations. A validation trigger
+ * (sql/100_subscriptions.sql) refuses bad rows with a message that says what is wrong.
+ */
+export const subscriptions = outboxSchema.table(
+  "subscriptions",
+  {
+    name: text("name").primaryKey(),
+    pattern: text("pattern").notNull(),
+    kind: text("kind").notNull(),
+    config: jsonb("config").notNull().default({}),
+    filter: jsonpath("filter"),
+    tenant: text("tenant"),
+    active: boolean("active").notNull().default(true),
+    disabledReason: text("disabled_reason"),
+    maxAttempts: integer("max_attempts").notNull().default(25),
+    ordered: boolean("ordered").notNull().default(false),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+    updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    check("subscriptions_name_check", sql`${t.name} ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'`),
+    check("subscriptions_kind_check", sql`${t.kind} in ('webhook', 'handler', 'notify')`),
+    check("subscriptions_max_attempts_check", sql`${t.maxAttempts} between 1 and 1000`),
+  ],
+);
+
+/**
+ * One row per (event, subscription). `event_position` orders and finds the event;
+ * `order_key` (ordered subscriptions only) is the key whose events go one at a time.
+ * `locked_until` is the lease of a claimed delivery: after a crash another worker takes it
+ * over when the lease ends, without waiting for anything held by the dead process.
+ */
+export const deliveries = outboxSchema.table(
+  "deliveries",
+  {
+    id: bigint("id", { mode: "bigint" }).primaryKey().generatedAlwaysAsIdentity(),
+    eventId: uuid("event_id").notNull(),
+    eventPosition: bigint("event_position", { mode: "bigint" }).notNull(),
+    subscription: text("subscription")
+      .notNull()
+      .references(() => subscriptions.name, { onDelete: "cascade", onUpdate: "cascade" }),
+    status: text("status").notNull().default("pending"),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: timestamp("next_attempt_at", { withTimezone: true }).notNull().defaultNow(),
+    lockedUntil: timestamp("locked_until", { withTimezone: true }),
+    lockedBy: text("locked_by"),
+    orderKey: text("order_key"),
+    lastError: text("last_error"),
+    lastStatus: integer("last_status"),
+    deliveredAt: timestamp("delivered_at", { withTimezone: true }),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+    updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    check("deliveries_status_check", sql`${t.status} in ('pending', 'delivering', 'retrying', 'delivered', 'dead')`),
+    uniqueIndex("deliveries_event_position_subscription_idx").on(t.eventPosition, t.subscription),
+    index("deliveries_subscription_next_attempt_at_idx")
+      .on(t.subscription, t.nextAttemptAt)
+      .where(sql`status in ('pending', 'retrying')`),
+    index("deliveries_locked_until_idx").on(t.lockedUntil).where(sql`status = 'delivering'`),
+    index("deliveries_subscription_order_key_event_position_idx")
+      .on(t.subscription, t.orderKey, t.eventPosition)
+      .where(sql`order_key is not null and status in ('pending', 'retrying', 'delivering')`),
+    // Dead deliveries are rare and kept long: a small index makes counting them cheap.
+    index("deliveries_subscription_dead_idx").on(t.subscription).where(sql`status = 'dead'`),
+  ],
+);
+
+/**
+ * The dispatcher's read position (DESIGN.md guarantee 3): the last `_events.id` read in id
+ * order, and the snapshot of that read (xmax and in-flight xids), saved in the same
+ * transaction as the deliveries it wrote. One row.
+ */
+export const dispatchState = outboxSchema.table(
+  "_dispatch_state",
+  {
+    id: integer("id").primaryKey().default(1),
+    lastId: bigint("last_id", { mode: "bigint" }).notNull().default(sql`0`),
+    snapshotXmax: xid8("snapshot_xmax"),
+    snapshotXip: xid8("snapshot_xip").array().notNull().default(sql`'{}'`),
+    dispatchedAt: timestamp("dispatched_at", { withTimezone: true }),
+    updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [check("_dispatch_state_single_row_check", sql`${t.id} = 1`)],
+);
+
+/**
+ * Worker processes and whether they are idle. The write path sends a NOTIFY only while some
+ * worker's `idle_until` lies in the future: busy workers find new work by reading, and a
+ * crashed idle worker stops costing writes when its mark expires.
+ */
+export const workers = outboxSchema.table("_workers", {
+  id: text("id").primaryKey(),
+  idleUntil: timestamp("idle_until", { withTimezone: true }),
+  heartbeatAt: timestamp("heartbeat_at", { withTimezone: true }).notNull().defaultNow(),
+  startedAt: timestamp("started_at", { withTimezone: true }).notNull().defaultNow(),
+  handlers: text("handlers").array().notNull().default(sql`'{}'`),
+});

@@ -1,0 +1,148 @@
+-- Subscriptions: validation of hand-written rows, pattern matching, and change notification.
+
+-- A subscription pattern as an anchored regex over '.' || topic. Segments: `*` is one
+-- segment, `**` any number (zero included), anything else is literal; the pattern `*` alone
+-- matches every event. Matching '.' || topic lets each segment carry its own leading dot, so
+-- `**` can match nothing at all.
+create or replace function outbox._pattern_regex(p_pattern text)
+returns text
+language sql immutable strict parallel safe
+as $$
+  select case when p_pattern = '*' then '^.*$' else
+    '^' || string_agg(
+      case s.seg
+        when '*' then '\.[^.]+'
+        when '**' then '(\.[^.]+)*'
+        else '\.' || regexp_replace(s.seg, '([.\\+*?\[^\]$(){}=!<>|:#-])', '\\\1', 'g')
+      end, '' order by s.ord) || '$'
+  end
+  from unnest(string_to_array(p_pattern, '.')) with ordinality s(seg, ord)
+$$;
+
+-- Whether a topic matches a pattern (the same rule dispatch applies, for ad-hoc SQL).
+create or replace function outbox.topic_matches(topic text, pattern text)
+returns boolean
+language sql immutable strict parallel safe
+as $$
+  select ('.' || topic) ~ outbox._pattern_regex(pattern)
+$$;
+
+-- What is wrong with a subscription's config for its kind, or null. The TypeScript side
+-- validates the same shapes with zod (src/transports/*); this guards rows written by hand.
+create or replace function outbox._subscription_config_problem(p_kind text, p_config jsonb)
+returns text
+language plpgsql immutable
+as $$
+declare
+  v_key text;
+  v_allowed text[];
+begin
+  if jsonb_typeof(p_config) <> 'object' then
+    return 'config must be a JSON object';
+  end if;
+  v_allowed := case p_kind
+    when 'webhook' then '{url,secret,headers,timeout_ms,batch_size,concurrency,allow_private}'
+    when 'notify' then '{channel,concurrency}'
+    when 'handler' then '{concurrency}'
+  end;
+  select k into v_key from jsonb_object_keys(p_config) k where k <> all(v_allowed) limit 1;
+  if found then
+    return format('config has unknown key %L for kind %s (allowed: %s)', v_key, p_kind, array_to_string(v_allowed, ', '));
+  end if;
+  if p_config ? 'concurrency' and not (jsonb_typeof(p_config -> 'concurrency') = 'number'
+      and (p_config ->> 'concurrency')::numeric between 1 and 10000
+      and (p_config ->> 'concurrency')::numeric = trunc((p_config ->> 'concurrency')::numeric)) then
+    return 'config.concurrency must be a whole number from 1 to 10000';
+  end if;
+  if p_kind = 'webhook' then
+    if jsonb_typeof(p_config -> 'url') is distinct from 'string'
+       or (p_config ->> 'url') !~ '^https?://[^/?#\s]+' then
+      return 'config.url must be an http:// or https:// URL';
+    end if;
+    if p_config ? 'secret' and (jsonb_typeof(p_config -> 'secret') <> 'string'
+       or (p_config ->> 'secret') !~ '^whsec_[A-Za-z0-9+/=]{16,}$') then
+      return 'config.secret must be a string whsec_<base64> (at least 16 base64 characters)';
+    end if;
+    if p_config ? 'headers' and (jsonb_typeof(p_config -> 'headers') <> 'object'
+       or exists (select from jsonb_each(p_config -> 'headers') h where jsonb_typeof(h.value) <> 'string')) then
+      return 'config.headers must be an object of string values';
+    end if;
+    if p_config ? 'timeout_ms' and not (jsonb_typeof(p_config -> 'timeout_ms') = 'number'
+       and (p_config ->> 'timeout_ms')::numeric between 100 and 300000) then
+      return 'config.timeout_ms must be a number from 100 to 300000';
+    end if;
+    if p_config ? 'batch_size' and not (jsonb_typeof(p_config -> 'batch_size') = 'number'
+       and (p_config ->> 'batch_size')::numeric between 1 and 1000
+       and (p_config ->> 'batch_size')::numeric = trunc((p_config ->> 'batch_size')::numeric)) then
+      return 'config.batch_size must be a whole number from 1 to 1000';
+    end if;
+    if p_config ? 'allow_private' and jsonb_typeof(p_config -> 'allow_private') <> 'boolean' then
+      return 'config.allow_private must be true or false';
+    end if;
+  elsif p_kind = 'notify' then
+    if jsonb_typeof(p_config -> 'channel') is distinct from 'string'
+       or length(p_config ->> 'channel') not between 1 and 63 then
+      return 'config.channel must be a channel name of 1 to 63 characters';
+    end if;
+  end if;
+  return null;
+end
+$$;
+
+create or replace function outbox.tg_subscriptions__validate()
+returns trigger
+language plpgsql
+as $$
+declare
+  v_problem text;
+begin
+  if new.pattern is null or new.pattern !~ '^(\*\*|\*|[^.*\s]+)(\.(\*\*|\*|[^.*\s]+))*$' then
+    raise exception 'outbox.subscriptions: pattern % of subscription % is invalid', quote_literal(new.pattern), quote_literal(new.name)
+      using errcode = '23514',
+            hint = 'Patterns are dot-separated segments: a literal, * (one segment) or ** (any number), e.g. public.users.*, *.*.delete, order.**, or * for every event.';
+  end if;
+  v_problem := outbox._subscription_config_problem(new.kind, new.config);
+  if v_problem is not null then
+    raise exception 'outbox.subscriptions: % (subscription %, kind %)', v_problem, quote_literal(new.name), new.kind
+      using errcode = '23514';
+  end if;
+  if new.filter is not null then
+    begin
+      perform jsonb_path_match('{}'::jsonb, new.filter);
+    exception when others then
+      raise exception 'outbox.subscriptions: filter % of subscription % is not a predicate', quote_literal(new.filter::text), quote_literal(new.name)
+        using errcode = '23514',
+              hint = 'Write a condition over the envelope, e.g. $.new.status == "paid" or $.changed[*] == "email"; a path such as $ ? (...) selects values instead.';
+    end;
+  end if;
+  if tg_op = 'UPDATE' then
+    new.updated_at := now();
+    -- Re-activating by hand (`set active = true`) clears the reason it was switched off.
+    if new.active and not old.active and new.disabled_reason is not distinct from old.disabled_reason then
+      new.disabled_reason := null;
+    end if;
+  end if;
+  return new;
+end
+$$;
+
+drop trigger if exists tg_subscriptions__validate on outbox.subscriptions;
+create trigger tg_subscriptions__validate
+  before insert or update on outbox.subscriptions
+  for each row execute function outbox.tg_subscriptions__validate();
+
+-- Workers cache subscriptions and drop the cache on this notification.
+create or replace function outbox.tg_subscriptions__notify()
+returns trigger
+language plpgsql
+as $$
+begin
+  perform pg_notify('outbox_subscriptions', '');
+  return null;
+end
+$$;
+
+drop trigger if exists tg_subscriptions__notify on outbox.subscriptions;
+create trigger tg_subscriptions__notify
+  after insert or update or delete or truncate on outbox.subscriptions
+  for each statement execute function outbox.tg_subscriptions__notify();

@@ -1,0 +1,118 @@
+-- Dispatch: turns committed events into one delivery row per (event, matching subscription).
+
+-- The deliveries the events of the given `_events` rows owe: one row per (event, matching
+-- active subscription, or only `p_subscription` when given, active or not). Matching is
+-- DESIGN.md's: topic pattern, tenant (a subscription with a tenant gets only that tenant's
+-- events), and the jsonpath filter over the envelope. Shared by dispatch and replay.
+create or replace function outbox._event_matches(p_event_ids bigint[], p_subscription text default null)
+returns table (event_id uuid, event_position bigint, subscription text, order_key text)
+language sql stable
+as $$
+  with subs as (
+    select s.name, outbox._pattern_regex(s.pattern) as regex, s.tenant, s.filter, s.ordered
+    from outbox.subscriptions s
+    where (p_subscription is null and s.active) or s.name = p_subscription
+  ),
+  events as (
+    select e as event, i.image, (e.id << 16) + i.ord - 1 as position, '.' || outbox._event_topic(e) as dotted_topic
+    from outbox._events e
+    cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
+    where e.id = any(p_event_ids)
+  ),
+  images as (
+    select ev.*,
+      case (ev.event).op when 'insert' then ev.image::jsonb when 'update' then (ev.image -> 1)::jsonb end as new_row,
+      case (ev.event).op when 'delete' then ev.image::jsonb when 'update' then (ev.image -> 0)::jsonb end as old_row
+    from events ev
+  )
+  select
+    outbox._event_uuid((i.event).created_at, i.position),
+    i.position,
+    s.name,
+    case when s.ordered then
+      case (i.event).op
+        when 'emit' then 'emit:' || (i.event).emit_key
+        else (i.event).schema_name || '.' || (i.event).table_name || ':'
+             || outbox._event_key(i.event, i.new_row, i.old_row)::text
+      end
+    end
+  from images i
+  join subs s on i.dotted_topic ~ s.regex
+  where (s.tenant is null or s.tenant = outbox._event_tenant(i.event, i.new_row, i.old_row))
+    and (s.filter is null
+         or coalesce(jsonb_path_match(outbox._envelope(i.event, i.image, i.position), s.filter, '{}', true), false))
+$$;
+
+-- One dispatch round (DESIGN.md guarantee 3: no skipped events). Call it in a REPEATABLE
+-- READ transaction while holding the dispatcher lock, so everything below sees one snapshot
+-- and pg_current_snapshot() is that snapshot. It reads
+--   (a) rows with id > last_id, in id order, up to about p_max_events events, and
+--   (b) rows with id <= last_id whose transaction was still in flight at the previous read
+--       (in that read's xip list, or at or above its xmax: the id was taken before the
+--       transaction got its xid),
+-- writes their deliveries, and saves last_id with this snapshot's xmax and xip in the same
+-- transaction. A late transaction's events are picked up when it commits; nobody waits.
+create or replace function outbox._dispatch(p_max_events int default 5000)
+returns table (events int, deliveries int, last_id bigint, pending_in_flight int)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_state outbox._dispatch_state;
+  v_snapshot pg_snapshot := pg_current_snapshot();
+  v_ids bigint[];
+  v_new_last bigint;
+  v_events int;
+  v_deliveries int;
+begin
+  select * into v_state from outbox._dispatch_state s where s.id = 1 for update;
+  if not found then
+    insert into outbox._dispatch_state (id) values (1) returning * into v_state;
+  end if;
+
+  with fresh as (
+    select e.id, sum(e.count) over (order by e.id) - e.count as before
+    from outbox._events e
+    where e.id > v_state.last_id
+    order by e.id
+    limit greatest(p_max_events, 1)
+  )
+  select array_agg(f.id order by f.id), max(f.id) into v_ids, v_new_last
+  from fresh f where f.before < greatest(p_max_events, 1);
+
+  if v_state.snapshot_xmax is not null then
+    v_ids := coalesce(v_ids, '{}') || array(
+      select e.id from outbox._events e
+      where e.id <= v_state.last_id
+        and (e.xid = any(v_state.snapshot_xip) or e.xid >= v_state.snapshot_xmax));
+  end if;
+
+  if coalesce(cardinality(v_ids), 0) = 0 then
+    -- Nothing read: keeping the older snapshot is safe, since every transaction in flight
+    -- now was either in flight then or has an xid at or above its xmax; and it spares the
+    -- state row an update per idle poll.
+    return query select 0, 0, v_state.last_id, 0;
+    return;
+  end if;
+
+  select coalesce(sum(e.count), 0) into v_events from outbox._events e where e.id = any(v_ids);
+
+  insert into outbox.deliveries (event_id, event_position, subscription, order_key)
+  select m.event_id, m.event_position, m.subscription, m.order_key
+  from outbox._event_matches(v_ids) m
+  order by m.event_position
+  on conflict (event_position, subscription) do nothing;
+  get diagnostics v_deliveries = row_count;
+
+  update outbox._dispatch_state s set
+    last_id = greatest(s.last_id, coalesce(v_new_last, s.last_id)),
+    snapshot_xmax = pg_snapshot_xmax(v_snapshot),
+    snapshot_xip = array(select pg_snapshot_xip(v_snapshot)),
+    dispatched_at = now(),
+    updated_at = now()
+  where s.id = 1
+  returning s.last_id into v_new_last;
+
+  return query select v_events, v_deliveries, v_new_last, cardinality(array(select pg_snapshot_xip(v_snapshot)));
+end
+$$;

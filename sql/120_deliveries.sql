@@ -1,0 +1,199 @@
+-- Deliveries: claim with a lease, record outcomes, recover expired leases, redeliver, replay.
+
+-- Claims up to p_limit due deliveries of one subscription for a worker, with a lease of
+-- p_lease_ms. Due: pending or retrying with next_attempt_at reached. In an ordered
+-- subscription only the oldest unfinished delivery of each key is due, so a failing event
+-- blocks its key (and only its key) until it is delivered or dead. With a `concurrency` in
+-- the subscription's config, deliveries in flight across all workers stay within it: the
+-- count and the claim are serialized per subscription by a transaction advisory lock.
+create or replace function outbox._delivery_claim(
+  p_worker text, p_subscription text, p_limit int, p_lease_ms int)
+returns table (id bigint, attempts int, event_id uuid, event_position bigint, payload text)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_sub outbox.subscriptions;
+  v_limit int := p_limit;
+  v_concurrency int;
+begin
+  select * into v_sub from outbox.subscriptions s where s.name = p_subscription and s.active;
+  if not found then return; end if;
+  v_concurrency := (v_sub.config ->> 'concurrency')::int;
+  if v_concurrency is not null then
+    perform pg_advisory_xact_lock(7320110002, hashtext(p_subscription));
+    v_limit := least(v_limit, v_concurrency - (
+      select count(*)::int from outbox.deliveries d
+      where d.status = 'delivering' and d.subscription = p_subscription and d.locked_until > now()));
+    if v_limit <= 0 then return; end if;
+  end if;
+
+  return query
+  with due as (
+    select d.id
+    from outbox.deliveries d
+    where d.subscription = p_subscription
+      and d.status in ('pending', 'retrying')
+      and d.next_attempt_at <= now()
+      and (d.order_key is null or not exists (
+        select from outbox.deliveries b
+        where b.subscription = d.subscription and b.order_key = d.order_key
+          and b.event_position < d.event_position
+          and b.status in ('pending', 'retrying', 'delivering')))
+    order by d.next_attempt_at, d.event_position
+    limit v_limit
+    for update skip locked
+  ),
+  claimed as (
+    update outbox.deliveries d set
+      status = 'delivering',
+      attempts = d.attempts + 1,
+      locked_until = now() + make_interval(secs => p_lease_ms / 1000.0),
+      locked_by = p_worker,
+      updated_at = now()
+    from due
+    where d.id = due.id
+    returning d.id, d.attempts, d.event_id, d.event_position
+  ),
+  images as (
+    select e as event, e.id, i.ord - 1 as idx, i.image
+    from outbox._events e
+    cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
+    where e.id in (select c.event_position >> 16 from claimed c)
+  )
+  select c.id, c.attempts, c.event_id, c.event_position,
+         outbox._envelope(im.event, im.image, c.event_position)::text
+  from claimed c
+  join images im on im.id = c.event_position >> 16 and im.idx = (c.event_position & 65535)
+  order by c.event_position;
+end
+$$;
+
+-- The wait before retry n (n = attempts made so far): full jitter, a random time in
+-- [0, min(1 h, 1 s × 2^n)].
+create or replace function outbox._retry_delay(p_attempts int)
+returns interval
+language sql volatile
+as $$
+  select make_interval(secs => random() * least(3600, power(2, least(p_attempts, 31))))
+$$;
+
+-- Records the outcomes of attempts, in one statement for a whole batch. p_outcomes:
+-- 'delivered', 'retry' (p_retry_after_ms overrides the backoff, e.g. from Retry-After), or
+-- 'dead' (non-retryable). A retry past max_attempts is dead. Only deliveries still leased
+-- to p_worker change: a late answer after the lease passed to another worker is dropped.
+create or replace function outbox._delivery_complete(
+  p_worker text, p_ids bigint[], p_outcomes text[], p_errors text[], p_statuses int[], p_retry_after_ms int[])
+returns int
+language sql
+as $$
+  with outcome as (
+    select * from unnest(p_ids, p_outcomes, p_errors, p_statuses, p_retry_after_ms)
+      as o(id, outcome, error, status, retry_after_ms)
+  ),
+  done as (
+    update outbox.deliveries d set
+      status = case
+        when o.outcome = 'delivered' then 'delivered'
+        when o.outcome = 'dead' or d.attempts >= s.max_attempts then 'dead'
+        else 'retrying' end,
+      next_attempt_at = case
+        when o.outcome = 'retry' and d.attempts < s.max_attempts then
+          now() + coalesce(make_interval(secs => o.retry_after_ms / 1000.0), outbox._retry_delay(d.attempts))
+        else d.next_attempt_at end,
+      delivered_at = case when o.outcome = 'delivered' then now() else d.delivered_at end,
+      last_error = case when o.outcome = 'delivered' then null else left(o.error, 500) end,
+      last_status = o.status,
+      locked_until = null,
+      locked_by = null,
+      updated_at = now()
+    from outcome o, outbox.subscriptions s
+    where d.id = o.id and s.name = d.subscription
+      and d.status = 'delivering' and d.locked_by = p_worker
+    returning 1
+  )
+  select count(*)::int from done
+$$;
+
+-- Deliveries whose lease ran out (the worker crashed or lost its connection mid-delivery)
+-- go back in line as retrying, or dead when they used their last attempt.
+create or replace function outbox._delivery_recover()
+returns int
+language sql
+as $$
+  with expired as (
+    update outbox.deliveries d set
+      status = case when d.attempts >= s.max_attempts then 'dead' else 'retrying' end,
+      next_attempt_at = now(),
+      last_error = 'lease expired: the worker stopped or lost its connection during the attempt',
+      locked_until = null,
+      locked_by = null,
+      updated_at = now()
+    from outbox.subscriptions s
+    where d.status = 'delivering' and d.locked_until < now() and s.name = d.subscription
+    returning 1
+  )
+  select count(*)::int from expired
+$$;
+
+-- Puts a dead or delivered delivery back in line: the same row returns to pending with
+-- attempts 0.
+create or replace function outbox.redeliver(delivery_id bigint)
+returns void
+language plpgsql
+as $$
+begin
+  update outbox.deliveries set
+    status = 'pending', attempts = 0, next_attempt_at = now(), last_error = null,
+    last_status = null, delivered_at = null, locked_until = null, locked_by = null, updated_at = now()
+  where id = delivery_id and status in ('dead', 'delivered');
+  if not found then
+    if exists (select from outbox.deliveries where id = delivery_id) then
+      raise exception 'outbox.redeliver: delivery % is still in line (pending, retrying or delivering)', delivery_id
+        using errcode = '55000';
+    end if;
+    raise exception 'outbox.redeliver: no delivery %', delivery_id using errcode = 'P0002';
+  end if;
+  perform pg_notify('outbox_wake', 'deliver');
+end
+$$;
+
+-- Replays a subscription since a time: its dead and delivered deliveries of events since
+-- then return to pending (attempts 0), and events since then that match it but have no
+-- delivery (dispatched while it was inactive, or before it existed) get one. Returns the
+-- number of deliveries put in line.
+create or replace function outbox.replay(subscription text, since timestamptz)
+returns int
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_reset int;
+  v_created int;
+  v_last_id bigint;
+begin
+  if not exists (select from outbox.subscriptions s where s.name = replay.subscription) then
+    raise exception 'outbox.replay: no subscription %', quote_literal(replay.subscription) using errcode = 'P0002';
+  end if;
+  update outbox.deliveries d set
+    status = 'pending', attempts = 0, next_attempt_at = now(), last_error = null,
+    last_status = null, delivered_at = null, locked_until = null, locked_by = null, updated_at = now()
+  where d.subscription = replay.subscription and d.status in ('dead', 'delivered')
+    and exists (select from outbox._events e where e.id = d.event_position >> 16 and e.created_at >= since);
+  get diagnostics v_reset = row_count;
+
+  -- Only events dispatch has read: later ones reach the subscription the normal way.
+  select s.last_id into v_last_id from outbox._dispatch_state s where s.id = 1;
+  insert into outbox.deliveries (event_id, event_position, subscription, order_key)
+  select m.event_id, m.event_position, m.subscription, m.order_key
+  from outbox._event_matches(array(
+         select e.id from outbox._events e
+         where e.created_at >= since and e.id <= coalesce(v_last_id, 0)), replay.subscription) m
+  order by m.event_position
+  on conflict (event_position, subscription) do nothing;
+  get diagnostics v_created = row_count;
+
+  perform pg_notify('outbox_wake', 'deliver');
+  return v_reset + v_created;
+end
+$$;

@@ -103,6 +103,10 @@ begin
   order by m.event_position
   on conflict (event_position, subscription) do nothing;
   get diagnostics v_deliveries = row_count;
+  -- Other processes may be idle: new deliveries are theirs to claim too.
+  if v_deliveries > 0 then
+    perform outbox._wake();
+  end if;
 
   update outbox._dispatch_state s set
     last_id = greatest(s.last_id, coalesce(v_new_last, s.last_id)),

@@ -4,6 +4,9 @@ import { connectionStringSchema, describeIssues } from "./config.js";
 import { captureDisable, captureEnable, captureList, type CaptureOptions, type CaptureRow } from "./db/captures.js";
 import { eventEmit, eventListAfter, type EventRow, type Queryable } from "./db/events.js";
 import { migrate } from "./db/migrate.js";
+import { subscriptionDelete, subscriptionUpsert, type SubscriptionInput } from "./db/subscriptions.js";
+import { HandlerTransport, type EventHandler } from "./transports/handler.js";
+import { startWorker, type OutboxWorker } from "./worker/worker.js";
 import { ConfigError } from "./errors.js";
 import { silentLogger, type Logger } from "./logger.js";
 
@@ -13,6 +16,18 @@ const optionsSchema = z
     sql: z.custom<Sql>((value) => typeof value === "function", "must be a postgres.js client").optional(),
     maxConnections: z.number().int().min(2).max(1000).default(10),
     logger: z.custom<Logger>((value) => typeof value === "object" && value !== null && "child" in value).optional(),
+    worker: z
+      .strictObject({
+        poolSize: z.number().int().min(2).max(100).default(4),
+        graphilePoolSize: z.number().int().min(2).max(100).default(2),
+        pollIntervalMs: z.number().int().min(10).max(60_000).default(1000),
+        leaseMs: z.number().int().min(1000).max(3_600_000).default(30_000),
+        idleTtlMs: z.number().int().min(1000).max(600_000).default(15_000),
+        drainTimeoutMs: z.number().int().min(0).max(600_000).default(10_000),
+        retentionMs: z.number().int().min(60_000).default(7 * 86_400_000),
+        deadRetentionMs: z.number().int().min(60_000).default(30 * 86_400_000),
+      })
+      .prefault({}),
   })
   .refine((o) => Boolean(o.connectionString) !== Boolean(o.sql), {
     message: "give exactly one of connectionString or sql",
@@ -28,6 +43,39 @@ export interface OutboxOptions {
   maxConnections?: number;
   /** pino logger; default silent. */
   logger?: Logger;
+  /** Worker settings, used by `start()`. */
+  worker?: {
+    /** Pool for pg-outbox's own queries; default 4. Connections of one worker: poolSize + 2 (dispatcher, listener) + graphilePoolSize. */
+    poolSize?: number;
+    /** graphile-worker's pool; default 2. */
+    graphilePoolSize?: number;
+    /** Safety-net poll interval; default 1000 ms (wake-ups make it rarely matter). */
+    pollIntervalMs?: number;
+    /** Lease of a claimed delivery: after a crash another worker retries it once this passes; default 30000 ms. */
+    leaseMs?: number;
+    /** Lifetime of a worker's idle mark (writes notify only while one is live); default 15000 ms. */
+    idleTtlMs?: number;
+    /** How long stop() waits for in-flight deliveries; default 10000 ms. */
+    drainTimeoutMs?: number;
+    /** Delivered deliveries and fully delivered events are kept this long; default 7 days. */
+    retentionMs?: number;
+    /** Dead deliveries are kept this long; default 30 days. */
+    deadRetentionMs?: number;
+  };
+}
+
+/** Options of a handler registered with {@link Outbox.handle}. */
+export interface HandleOptions {
+  /** jsonpath predicate over the envelope; default none. */
+  filter?: string;
+  /** Only this tenant's events; default all. */
+  tenant?: string;
+  /** Deliver the events of one key in commit order; default false. */
+  ordered?: boolean;
+  /** Attempts before dead; default 25. */
+  maxAttempts?: number;
+  /** Deliveries in flight across all workers; default unlimited. */
+  concurrency?: number;
 }
 
 /** The pg-outbox API on one database. */
@@ -49,7 +97,19 @@ export interface Outbox {
   emit(client: Queryable, topic: string, data: unknown, options?: { key?: string }): Promise<string>;
   /** Committed events after a position (default the beginning), oldest first. */
   events(options?: { after?: string; limit?: number }): Promise<EventRow[]>;
-  /** Closes the client if pg-outbox opened it. */
+  /**
+   * Registers an in-process handler, durably: it creates or updates a `handler` subscription
+   * named `name` (when the worker starts), so deliveries are retried and visible in SQL like
+   * any other. Only workers that registered it claim its deliveries.
+   */
+  handle<TEvent = import("./transports/transport.js").OutboxEvent>(name: string, pattern: string, fn: EventHandler<TEvent>, options?: HandleOptions): void;
+  /** Creates or updates a subscription row (the same as inserting it with SQL). */
+  subscribe(input: SubscriptionInput): Promise<void>;
+  /** Deletes a subscription and its deliveries; returns whether it existed. */
+  unsubscribe(name: string): Promise<boolean>;
+  /** Starts a worker in this process (dispatch, delivery, maintenance). */
+  start(): Promise<OutboxWorker>;
+  /** Closes the client if pg-outbox opened it (stop workers first). */
   close(): Promise<void>;
 }
 
@@ -66,6 +126,8 @@ export function createOutbox(options: OutboxOptions): Outbox {
       max: config.maxConnections,
       onnotice: (notice) => logger.debug({ notice: notice.message }, "postgres notice"),
     });
+  const handlers = new HandlerTransport();
+  const handlerRows: SubscriptionInput[] = [];
   return {
     sql,
     migrate: () => migrate(sql),
@@ -74,8 +136,37 @@ export function createOutbox(options: OutboxOptions): Outbox {
     captures: () => captureList(sql),
     emit: (client, topic, data, emitOptions) => eventEmit(client, topic, data, emitOptions?.key),
     events: (listOptions) => eventListAfter(sql, listOptions?.after ?? "-1", listOptions?.limit ?? 100),
+    handle(name, pattern, fn, handleOptions = {}) {
+      handlers.register(name, fn as EventHandler);
+      handlerRows.push({
+        name,
+        pattern,
+        kind: "handler",
+        config: handleOptions.concurrency ? { concurrency: handleOptions.concurrency } : {},
+        filter: handleOptions.filter ?? null,
+        tenant: handleOptions.tenant ?? null,
+        ordered: handleOptions.ordered ?? false,
+        maxAttempts: handleOptions.maxAttempts ?? 25,
+      });
+    },
+    subscribe: (input) => subscriptionUpsert(sql, input),
+    unsubscribe: (name) => subscriptionDelete(sql, name),
+    async start() {
+      const connectionString = config.connectionString ?? connectionStringOf(sql);
+      for (const row of handlerRows) await subscriptionUpsert(sql, row);
+      return startWorker({ connectionString, logger: config.logger ?? silentLogger(), handlers, ...config.worker });
+    },
     async close() {
       if (owned) await sql.end({ timeout: 5 });
     },
   };
+}
+
+/** Rebuilds a connection string from a postgres.js client's options (the worker opens sessions of its own). */
+function connectionStringOf(sql: Sql): string {
+  const o = sql.options as unknown as { host: string[]; port: number[]; user: string; pass: string | null; database: string };
+  const url = new URL(`postgres://${o.host[0] ?? "localhost"}:${o.port[0] ?? 5432}/${encodeURIComponent(o.database)}`);
+  url.username = o.user;
+  if (o.pass) url.password = o.pass;
+  return url.toString();
 }

@@ -1,0 +1,202 @@
+import type { Sql } from "postgres";
+import { deliveryClaimDue, deliveryCompleteBatch, type DeliveryResult } from "../db/deliveries.js";
+import { subscriptionDeactivate } from "../db/subscriptions.js";
+import type { Logger } from "../logger.js";
+import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport } from "../transports/transport.js";
+import { errorText } from "../transports/transport.js";
+
+/** Options of the {@link Deliverer}. */
+export interface DelivererOptions {
+  sql: Sql;
+  workerId: string;
+  transports: Transport[];
+  logger: Logger;
+  /** Lease of a claimed delivery; another worker takes it over after. Default 30 s. */
+  leaseMs?: number;
+  /** Deliveries claimed per query; default 500. */
+  claimBatch?: number;
+  /** Deliveries in flight in this process per subscription (the subscription's `concurrency` caps it across all workers); default 500. */
+  maxInFlightPerSubscription?: number;
+  /** Called after outcomes were recorded. */
+  onSettled?: () => void;
+}
+
+/**
+ * Claims due deliveries (per subscription, with a lease), hands them to the transport, and
+ * records outcomes in batches. Each subscription is pumped on its own, so a slow or failing
+ * endpoint only ever occupies its own in-flight slots (DESIGN.md guarantee 5).
+ */
+export class Deliverer {
+  private subscriptions = new Map<string, Subscription>();
+  private readonly transports: Map<string, Transport>;
+  private readonly inFlight = new Map<string, number>();
+  private readonly pumping = new Set<string>();
+  private readonly repump = new Set<string>();
+  private results: DeliveryResult[] = [];
+  private flushing: Promise<void> | undefined;
+  private flushScheduled = false;
+  private stopping = false;
+  private readonly leaseMs: number;
+  private readonly claimBatch: number;
+  private readonly maxInFlight: number;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly options: DelivererOptions) {
+    this.transports = new Map(options.transports.map((t) => [t.kind, t]));
+    this.leaseMs = options.leaseMs ?? 30_000;
+    this.claimBatch = options.claimBatch ?? 500;
+    this.maxInFlight = options.maxInFlightPerSubscription ?? 500;
+  }
+
+  /** Replaces the cached subscriptions (after a change notification). */
+  setSubscriptions(subscriptions: Subscription[]): void {
+    this.subscriptions = new Map(subscriptions.map((s) => [s.name, s]));
+  }
+
+  /** Subscriptions this worker delivers for. */
+  served(): Subscription[] {
+    return [...this.subscriptions.values()].filter((s) => s.active && this.transports.get(s.kind)?.serves(s));
+  }
+
+  /** Deliveries in flight in this process. */
+  get inFlightTotal(): number {
+    let total = 0;
+    for (const n of this.inFlight.values()) total += n;
+    return total + this.results.length;
+  }
+
+  /** Claims and starts deliveries for the given subscriptions (default all served); returns how many were claimed. */
+  async pumpAll(names?: string[]): Promise<number> {
+    const subs = names ? names.map((n) => this.subscriptions.get(n)).filter((s): s is Subscription => Boolean(s)) : this.served();
+    const counts = await Promise.all(subs.map((s) => this.pump(s.name)));
+    return counts.reduce((a, b) => a + b, 0);
+  }
+
+  private async pump(name: string): Promise<number> {
+    if (this.stopping) return 0;
+    if (this.pumping.has(name)) {
+      this.repump.add(name);
+      return 0;
+    }
+    this.pumping.add(name);
+    let claimed = 0;
+    try {
+      for (;;) {
+        this.repump.delete(name);
+        const sub = this.subscriptions.get(name);
+        const transport = sub && this.transports.get(sub.kind);
+        if (!sub || !sub.active || !transport?.serves(sub) || this.stopping) break;
+        const limit = Math.min(Number(sub.config.concurrency ?? this.maxInFlight), this.maxInFlight);
+        const capacity = limit - (this.inFlight.get(name) ?? 0);
+        if (capacity <= 0) break;
+        const want = Math.min(capacity, this.claimBatch);
+        const rows = await deliveryClaimDue(this.options.sql, this.options.workerId, name, want, this.leaseMs);
+        claimed += rows.length;
+        if (rows.length > 0) {
+          this.inFlight.set(name, (this.inFlight.get(name) ?? 0) + rows.length);
+          const size = Math.max(1, transport.batchSize(sub));
+          for (let i = 0; i < rows.length; i += size) {
+            const attempts: DeliveryAttempt[] = rows.slice(i, i + size).map((r) => ({
+              deliveryId: r.id,
+              attempt: r.attempts,
+              body: r.payload,
+              eventId: r.eventId,
+            }));
+            void this.run(sub, transport, attempts);
+          }
+        }
+        if (rows.length < want && !this.repump.has(name)) break;
+      }
+    } finally {
+      this.pumping.delete(name);
+    }
+    return claimed;
+  }
+
+  private async run(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[]): Promise<void> {
+    let outcomes: DeliveryOutcome[];
+    try {
+      outcomes = await transport.deliver(sub, attempts);
+    } catch (error) {
+      outcomes = attempts.map(() => ({ outcome: "retry", error: errorText(error) }));
+    }
+    attempts.forEach((attempt, i) => {
+      const o = outcomes[i] ?? { outcome: "retry" as const, error: "transport returned no outcome" };
+      this.results.push({
+        id: attempt.deliveryId,
+        outcome: o.outcome,
+        error: o.outcome === "delivered" ? null : o.error,
+        status: o.status ?? null,
+        retryAfterMs: o.outcome === "delivered" ? null : (o.retryAfterMs ?? null),
+      });
+      if (o.outcome !== "delivered") {
+        this.options.logger.debug({ subscription: sub.name, deliveryId: attempt.deliveryId, outcome: o.outcome, error: o.error }, "attempt failed");
+        if (o.deactivate) void this.deactivate(sub, o.deactivate);
+      }
+    });
+    this.inFlight.set(sub.name, (this.inFlight.get(sub.name) ?? 0) - attempts.length);
+    this.repump.add(sub.name);
+    this.scheduleFlush();
+  }
+
+  private async deactivate(sub: Subscription, reason: string): Promise<void> {
+    this.options.logger.warn({ subscription: sub.name, reason }, "deactivating subscription");
+    sub.active = false;
+    await subscriptionDeactivate(this.options.sql, sub.name, reason).catch((error) =>
+      this.options.logger.error({ subscription: sub.name, err: error }, "could not deactivate subscription"),
+    );
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // One tick of batching: outcomes that finish together are recorded in one statement.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      void this.flush();
+    });
+  }
+
+  /** Records buffered outcomes; retries on failure (the lease protects the deliveries meanwhile). */
+  async flush(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    if (this.results.length === 0) return this.notifyIdle();
+    const batch = this.results;
+    this.results = [];
+    this.flushing = (async () => {
+      try {
+        await deliveryCompleteBatch(this.options.sql, this.options.workerId, batch);
+      } catch (error) {
+        this.options.logger.error({ err: error, count: batch.length }, "could not record outcomes; retrying");
+        this.results.unshift(...batch);
+        await new Promise((r) => setTimeout(r, 200));
+        this.scheduleFlush();
+      }
+    })();
+    await this.flushing;
+    this.flushing = undefined;
+    if (!this.stopping) this.options.onSettled?.();
+    this.notifyIdle();
+  }
+
+  private notifyIdle(): void {
+    if (this.inFlightTotal === 0) {
+      for (const resolve of this.idleWaiters.splice(0)) resolve();
+    }
+  }
+
+  /** Stops claiming; waits up to `timeoutMs` for in-flight deliveries and records their outcomes. */
+  async drain(timeoutMs: number): Promise<boolean> {
+    this.stopping = true;
+    if (this.inFlightTotal > 0) {
+      await Promise.race([
+        new Promise<void>((resolve) => this.idleWaiters.push(resolve)),
+        new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref()),
+      ]);
+    }
+    await this.flush();
+    const drained = this.inFlightTotal === 0;
+    for (const t of this.transports.values()) await t.close?.();
+    return drained;
+  }
+}

@@ -1,0 +1,92 @@
+import postgres, { type ReservedSql, type Sql } from "postgres";
+import { dispatchLockRelease, dispatchLockTry, dispatchRoundRun, type DispatchRound } from "../db/dispatchState.js";
+import { isConnectionError, sqlStateOf } from "../errors.js";
+import type { Logger } from "../logger.js";
+
+/** Options of the {@link Dispatcher}. */
+export interface DispatcherOptions {
+  /** Connection string: the dispatcher keeps one session of its own for its lock. */
+  connectionString: string;
+  /** Events read per round; default 5000. */
+  maxEventsPerRound?: number;
+  logger: Logger;
+}
+
+/**
+ * One dispatcher at a time across all processes (DESIGN.md guarantee 7): the role is a
+ * session-level advisory lock on a connection of the dispatcher's own, so it passes to
+ * another process the moment this one's connection dies, without waiting on any job lock.
+ * Rounds run on that same connection; if it closes, the lock is assumed lost.
+ */
+export class Dispatcher {
+  private readonly client: Sql;
+  private conn: ReservedSql | undefined;
+  private holding = false;
+  private readonly maxEvents: number;
+  private readonly logger: Logger;
+
+  constructor(options: DispatcherOptions) {
+    this.maxEvents = options.maxEventsPerRound ?? 5000;
+    this.logger = options.logger;
+    this.client = postgres(options.connectionString, {
+      max: 1,
+      idle_timeout: 0,
+      onnotice: () => undefined,
+      onclose: () => {
+        if (this.holding) this.logger.warn("dispatcher connection closed: dispatcher role released");
+        this.holding = false;
+        this.conn = undefined;
+      },
+      // Asynchronous commit, as for the worker's pool: a dispatch round forgotten by a crash
+      // of PostgreSQL is read again (its deliveries and cursor were one transaction).
+      connection: { application_name: "pg-outbox dispatcher", synchronous_commit: "off" },
+    });
+  }
+
+  /** Whether this process is the dispatcher right now. */
+  get isDispatcher(): boolean {
+    return this.holding;
+  }
+
+  /**
+   * Runs rounds until caught up, if this process holds or can take the dispatcher role.
+   * Returns the total, or null when another process is the dispatcher.
+   */
+  async runUntilCaughtUp(maxRounds = 20): Promise<DispatchRound | null> {
+    const total = { events: 0, deliveries: 0, lastId: "0" };
+    try {
+      if (!this.holding) {
+        this.conn ??= await this.client.reserve();
+        this.holding = await dispatchLockTry(this.conn);
+        if (!this.holding) return null;
+        this.logger.info("this process is now the dispatcher");
+      }
+      for (let round = 0; round < maxRounds; round++) {
+        const result = await dispatchRoundRun(this.conn!, this.maxEvents);
+        total.events += result.events;
+        total.deliveries += result.deliveries;
+        total.lastId = result.lastId;
+        if (result.events < this.maxEvents / 2) break;
+      }
+      return total;
+    } catch (error) {
+      // 40001: another session dispatched concurrently (a lock lost unnoticed); the state
+      // row lock and the snapshot make that safe, and the next round reads again.
+      if (sqlStateOf(error) === "40001") return total;
+      if (isConnectionError(error)) {
+        this.holding = false;
+        this.conn = undefined;
+      }
+      throw error;
+    }
+  }
+
+  /** Gives up the dispatcher role and closes the connection. */
+  async stop(): Promise<void> {
+    if (this.conn && this.holding) await dispatchLockRelease(this.conn).catch(() => undefined);
+    this.holding = false;
+    this.conn?.release();
+    this.conn = undefined;
+    await this.client.end({ timeout: 5 });
+  }
+}

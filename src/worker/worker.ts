@@ -1,0 +1,213 @@
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { run, type Runner } from "graphile-worker";
+import postgres, { type Sql } from "postgres";
+import { deliveryRecoverExpired } from "../db/deliveries.js";
+import { subscriptionList } from "../db/subscriptions.js";
+import { workerIdleSet, workerRegister, workerRemove } from "../db/workers.js";
+import { Deliverer } from "../delivery/deliverer.js";
+import { Dispatcher } from "../dispatch/dispatcher.js";
+import type { Logger } from "../logger.js";
+import { pruneOnce } from "../maintenance/retention.js";
+import type { HandlerTransport } from "../transports/handler.js";
+import { NotifyTransport } from "../transports/notify.js";
+import type { Transport } from "../transports/transport.js";
+import { WebhookTransport } from "../transports/webhook.js";
+import { graphileLogger } from "./graphileLogger.js";
+
+/** Options of a worker process (validated by createOutbox). */
+export interface WorkerOptions {
+  connectionString: string;
+  logger: Logger;
+  handlers: HandlerTransport;
+  /** Pool of pg-outbox's own queries; default 4. Total connections = this + 2 (dispatcher, listener) + graphilePoolSize. */
+  poolSize: number;
+  /** graphile-worker's pool; default 2 (one listens, one runs jobs). */
+  graphilePoolSize: number;
+  /** Safety-net poll when no wake-up arrives; default 1000 ms. */
+  pollIntervalMs: number;
+  /** Lease of a claimed delivery; default 30000 ms. */
+  leaseMs: number;
+  /** How long an idle mark lasts without refresh; default 15000 ms. */
+  idleTtlMs: number;
+  /** How long stop() waits for in-flight deliveries; default 10000 ms. */
+  drainTimeoutMs: number;
+  /** Retention of delivered deliveries and their events; default 7 days. */
+  retentionMs: number;
+  /** Retention of dead deliveries; default 30 days. */
+  deadRetentionMs: number;
+  /** Extra transports (tests, future brokers). */
+  transports?: Transport[];
+}
+
+/** A running worker. */
+export interface OutboxWorker {
+  /** This worker's id (`outbox._workers.id`). */
+  readonly id: string;
+  /** Runs dispatch and delivery now (also what wake-ups and polls do). */
+  kick(): void;
+  /** Stops claiming, drains in-flight deliveries, releases everything. Idempotent. */
+  stop(): Promise<void>;
+  /** Resolves when the worker stopped. */
+  readonly stopped: Promise<void>;
+}
+
+/**
+ * Starts a worker: one process's dispatcher candidate, deliverer, wake-up listener and
+ * graphile-worker runner (cron maintenance and wake-up tasks). The hot path does not go
+ * through graphile-worker jobs: a NOTIFY wakes the process and it dispatches and delivers
+ * directly, which is how end-to-end latency stays below graphile-worker's own job hand-off.
+ */
+export async function startWorker(options: WorkerOptions): Promise<OutboxWorker> {
+  const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
+  const logger = options.logger.child({ component: "worker", workerId: id });
+  const sql: Sql = postgres(options.connectionString, {
+    max: options.poolSize,
+    onnotice: () => undefined,
+    // The worker's own transactions (claims, outcomes) need not wait for the WAL flush: a
+    // crash of PostgreSQL may forget the last few, which only means an attempt is made again
+    // (at-least-once); events themselves are written by the app's synchronous commits. This
+    // takes a disk flush off every step of the hot path.
+    connection: { application_name: "pg-outbox worker", synchronous_commit: "off" },
+  });
+  const dispatcher = new Dispatcher({ connectionString: options.connectionString, logger: logger.child({ component: "dispatch" }) });
+  const transports: Transport[] = [
+    options.handlers,
+    new NotifyTransport({ sql, logger }),
+    new WebhookTransport({ sql, logger: logger.child({ component: "webhook" }) }),
+    ...(options.transports ?? []),
+  ];
+  const deliverer = new Deliverer({
+    sql,
+    workerId: id,
+    transports,
+    logger: logger.child({ component: "delivery" }),
+    leaseMs: options.leaseMs,
+    // Recorded outcomes free capacity and unblock ordered keys: read again.
+    onSettled: () => void tick(),
+  });
+
+  let stopping = false;
+  let ticking = false;
+  let again = false;
+  let idle = false;
+  let idleRefreshedAt = 0;
+  let lastRecoverAt = 0;
+  let errorsInRow = 0;
+  let idleWrite: Promise<void> = Promise.resolve();
+
+  const setIdle = (value: boolean) => {
+    const now = Date.now();
+    if (value === idle && (!value || now - idleRefreshedAt < options.idleTtlMs / 3)) return;
+    idle = value;
+    if (value) idleRefreshedAt = now;
+    // Serialized so that a late "busy" never overtakes an "idle" written after it.
+    idleWrite = idleWrite
+      .then(() => workerIdleSet(sql, id, value ? options.idleTtlMs : null))
+      .catch((error) => logger.warn({ err: error }, "could not update idle mark"));
+  };
+
+  const reloadSubscriptions = async () => {
+    deliverer.setSubscriptions(await subscriptionList(sql));
+  };
+
+  // Reads until a round finds nothing, then marks the worker idle and reads once more: a
+  // write that committed before the mark was visible did not notify, and must not wait for
+  // the poll. A busy worker is never notified; it finds new work by reading.
+  const tick = async (): Promise<void> => {
+    if (stopping) return;
+    if (ticking) {
+      again = true;
+      return;
+    }
+    ticking = true;
+    try {
+      for (;;) {
+        again = false;
+        if (Date.now() - lastRecoverAt > Math.min(5000, options.leaseMs / 2)) {
+          lastRecoverAt = Date.now();
+          const recovered = await deliveryRecoverExpired(sql);
+          if (recovered > 0) logger.warn({ recovered }, "took over deliveries whose lease expired");
+        }
+        const round = await dispatcher.runUntilCaughtUp();
+        const claimed = await deliverer.pumpAll();
+        if (stopping) break;
+        if ((round?.events ?? 0) > 0 || claimed > 0) {
+          if (idle) setIdle(false);
+          continue;
+        }
+        if (again) continue;
+        if (!idle) {
+          setIdle(true);
+          await idleWrite;
+          continue;
+        }
+        break;
+      }
+      errorsInRow = 0;
+    } catch (error) {
+      errorsInRow++;
+      logger.error({ err: error, errorsInRow }, "worker round failed; retrying");
+      setTimeout(() => void tick(), Math.min(5000, 100 * 2 ** errorsInRow)).unref();
+    } finally {
+      ticking = false;
+    }
+  };
+  const kick = () => void tick();
+
+  await workerRegister(sql, id, options.handlers.names());
+  await reloadSubscriptions();
+  const listeners = await Promise.all([
+    sql.listen("outbox_wake", kick),
+    sql.listen("outbox_subscriptions", () => {
+      void reloadSubscriptions().then(kick, (error) => logger.error({ err: error }, "could not reload subscriptions"));
+    }),
+  ]);
+
+  const runner: Runner = await run({
+    connectionString: options.connectionString,
+    maxPoolSize: options.graphilePoolSize,
+    concurrency: 1,
+    noHandleSignals: true,
+    pollInterval: 2000,
+    logger: graphileLogger(options.logger),
+    taskList: {
+      outbox_dispatch: async () => kick(),
+      outbox_deliver: async () => kick(),
+      outbox_maintain: async () => {
+        const removed = await pruneOnce(sql, options.retentionMs, options.deadRetentionMs);
+        if (removed > 0) logger.info({ removed }, "retention removed old deliveries and events");
+      },
+    },
+    crontab: "* * * * * outbox_maintain ?max=1&jobKey=outbox_maintain",
+  });
+
+  const poll = setInterval(() => {
+    if (idle) setIdle(true); // refresh the idle mark before it expires
+    void reloadSubscriptions().catch(() => undefined);
+    void tick();
+  }, options.pollIntervalMs);
+  void tick();
+  logger.info({ handlers: options.handlers.names() }, "worker started");
+
+  let resolveStopped!: () => void;
+  const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));
+  let stopPromise: Promise<void> | undefined;
+  const stop = () =>
+    (stopPromise ??= (async () => {
+      stopping = true;
+      clearInterval(poll);
+      const drained = await deliverer.drain(options.drainTimeoutMs);
+      if (!drained) logger.warn("stopped before every in-flight delivery finished; their leases will expire and another worker retries them");
+      await Promise.all(listeners.map((l) => l.unlisten().catch(() => undefined)));
+      await idleWrite;
+      await workerRemove(sql, id).catch(() => undefined);
+      await dispatcher.stop().catch(() => undefined);
+      await runner.stop().catch(() => undefined);
+      await sql.end({ timeout: 5 });
+      logger.info("worker stopped");
+      resolveStopped();
+    })());
+
+  return { id, kick, stop, stopped };
+}

@@ -1,11 +1,32 @@
 /** Runtime SQL of dispatch (`outbox._dispatch`, sql/110_dispatch.sql). */
 import type { ReservedSql } from "postgres";
 
+/** A delivery that dispatch wrote already claimed by the calling worker. */
+export interface DispatchedClaim {
+  id: string;
+  subscription: string;
+  eventId: string;
+  eventPosition: string;
+  payload: string;
+}
+
 /** Result of one dispatch round. */
 export interface DispatchRound {
   events: number;
   deliveries: number;
   lastId: string;
+  /** Deliveries written already claimed by this worker (see `outbox._dispatch`). */
+  claimed: DispatchedClaim[];
+}
+
+/** What the calling worker claims while dispatching. */
+export interface DispatchClaimRequest {
+  worker: string;
+  /** Subscriptions to claim for (served here, unordered, without a concurrency limit). */
+  subscriptions: string[];
+  /** At most this many per subscription. */
+  limit: number;
+  leaseMs: number;
 }
 
 /** Advisory lock key: one dispatcher at a time, across all processes. */
@@ -24,17 +45,32 @@ export async function dispatchLockRelease(conn: ReservedSql): Promise<void> {
 
 /**
  * Runs one dispatch round in a REPEATABLE READ transaction, in one round trip (the three
- * statements travel as one simple query). On error the transaction is rolled back.
+ * statements travel as one simple query, hence the literals: names are quoted as SQL
+ * strings). On error the transaction is rolled back.
  */
-export async function dispatchRoundRun(conn: ReservedSql, maxEvents: number): Promise<DispatchRound> {
+export async function dispatchRoundRun(conn: ReservedSql, maxEvents: number, claim?: DispatchClaimRequest): Promise<DispatchRound> {
+  const literal = (value: string) => `'${value.replaceAll("'", "''")}'`;
+  const claimArgs = claim
+    ? `${literal(claim.worker)}, array[${claim.subscriptions.map(literal).join(",")}]::text[], ${Math.trunc(claim.limit)}, ${Math.trunc(claim.leaseMs)}`
+    : "null, '{}', 0, 30000";
   try {
     const results = (await conn.unsafe(
       `begin isolation level repeatable read;
-       select events, deliveries, last_id::text as "lastId" from outbox._dispatch(${Math.trunc(maxEvents)});
+       select events, deliveries, last_id::text as "lastId", delivery_id::text as id, subscription,
+              event_id as "eventId", event_position::text as "eventPosition", payload
+       from outbox._dispatch(${Math.trunc(maxEvents)}, ${claimArgs});
        commit;`,
-    )) as unknown as Array<Array<DispatchRound>>;
-    const row = results[1]?.[0];
-    return row ?? { events: 0, deliveries: 0, lastId: "0" };
+    )) as unknown as Array<Array<{ events: number; deliveries: number; lastId: string } & DispatchedClaim>>;
+    const rows = results[1] ?? [];
+    const first = rows[0];
+    return {
+      events: first?.events ?? 0,
+      deliveries: first?.deliveries ?? 0,
+      lastId: first?.lastId ?? "0",
+      claimed: rows
+        .filter((r) => r.id !== null)
+        .map((r) => ({ id: r.id, subscription: r.subscription, eventId: r.eventId, eventPosition: r.eventPosition, payload: r.payload })),
+    };
   } catch (error) {
     await conn`rollback`.catch(() => undefined);
     throw error;

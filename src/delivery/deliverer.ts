@@ -1,5 +1,6 @@
 import type { Sql } from "postgres";
 import { deliveryClaimDue, deliveryCompleteBatch, type DeliveryResult } from "../db/deliveries.js";
+import type { DispatchClaimRequest, DispatchedClaim } from "../db/dispatchState.js";
 import { subscriptionDeactivate } from "../db/subscriptions.js";
 import type { Logger } from "../logger.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport } from "../transports/transport.js";
@@ -72,6 +73,41 @@ export class Deliverer {
     return counts.reduce((a, b) => a + b, 0);
   }
 
+  /**
+   * What dispatch may claim for this worker as it writes deliveries: served subscriptions
+   * that are unordered (ordered ones need the per-key check of a normal claim) and have no
+   * cross-worker `concurrency` limit, up to the free capacity here.
+   */
+  dispatchClaimRequest(): DispatchClaimRequest | undefined {
+    if (this.stopping) return undefined;
+    const subs = this.served().filter((s) => !s.ordered && s.config.concurrency === undefined);
+    const free = subs.map((s) => this.maxInFlight - (this.inFlight.get(s.name) ?? 0));
+    const limit = Math.min(this.claimBatch, ...free);
+    if (subs.length === 0 || limit <= 0) return undefined;
+    return { worker: this.options.workerId, subscriptions: subs.map((s) => s.name), limit, leaseMs: this.leaseMs };
+  }
+
+  /** Starts deliveries that dispatch wrote already claimed for this worker. */
+  startClaimed(rows: DispatchedClaim[]): void {
+    const bySubscription = new Map<string, DispatchedClaim[]>();
+    for (const row of rows) bySubscription.set(row.subscription, [...(bySubscription.get(row.subscription) ?? []), row]);
+    for (const [name, claimed] of bySubscription) {
+      const sub = this.subscriptions.get(name);
+      const transport = sub && this.transports.get(sub.kind);
+      this.inFlight.set(name, (this.inFlight.get(name) ?? 0) + claimed.length);
+      if (!sub || !transport) {
+        // Unknown here (deleted meanwhile): let the lease run out rather than guess.
+        continue;
+      }
+      this.startAttempts(sub, transport, claimed.map((r) => ({ deliveryId: r.id, attempt: 1, body: r.payload, eventId: r.eventId })));
+    }
+  }
+
+  private startAttempts(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[]): void {
+    const size = Math.max(1, transport.batchSize(sub));
+    for (let i = 0; i < attempts.length; i += size) void this.run(sub, transport, attempts.slice(i, i + size));
+  }
+
   private async pump(name: string): Promise<number> {
     if (this.stopping) return 0;
     if (this.pumping.has(name)) {
@@ -94,16 +130,11 @@ export class Deliverer {
         claimed += rows.length;
         if (rows.length > 0) {
           this.inFlight.set(name, (this.inFlight.get(name) ?? 0) + rows.length);
-          const size = Math.max(1, transport.batchSize(sub));
-          for (let i = 0; i < rows.length; i += size) {
-            const attempts: DeliveryAttempt[] = rows.slice(i, i + size).map((r) => ({
-              deliveryId: r.id,
-              attempt: r.attempts,
-              body: r.payload,
-              eventId: r.eventId,
-            }));
-            void this.run(sub, transport, attempts);
-          }
+          this.startAttempts(
+            sub,
+            transport,
+            rows.map((r) => ({ deliveryId: r.id, attempt: r.attempts, body: r.payload, eventId: r.eventId })),
+          );
         }
         if (rows.length < want && !this.repump.has(name)) break;
       }

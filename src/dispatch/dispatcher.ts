@@ -1,5 +1,11 @@
 import postgres, { type ReservedSql, type Sql } from "postgres";
-import { dispatchLockRelease, dispatchLockTry, dispatchRoundRun, type DispatchRound } from "../db/dispatchState.js";
+import {
+  dispatchLockRelease,
+  dispatchLockTry,
+  dispatchRoundRun,
+  type DispatchClaimRequest,
+  type DispatchRound,
+} from "../db/dispatchState.js";
 import { isConnectionError, sqlStateOf } from "../errors.js";
 import type { Logger } from "../logger.js";
 
@@ -50,10 +56,16 @@ export class Dispatcher {
 
   /**
    * Runs rounds until caught up, if this process holds or can take the dispatcher role.
-   * Returns the total, or null when another process is the dispatcher.
+   * Deliveries a round wrote already claimed for this worker go to `onClaimed` at once.
+   * Returns the totals (without the claimed rows), or null when another process is the
+   * dispatcher.
    */
-  async runUntilCaughtUp(maxRounds = 20): Promise<DispatchRound | null> {
-    const total = { events: 0, deliveries: 0, lastId: "0" };
+  async runUntilCaughtUp(
+    claim?: () => DispatchClaimRequest | undefined,
+    onClaimed?: (round: DispatchRound) => void,
+    maxRounds = 20,
+  ): Promise<DispatchRound | null> {
+    const total: DispatchRound = { events: 0, deliveries: 0, lastId: "0", claimed: [] };
     try {
       if (!this.holding) {
         this.conn ??= await this.client.reserve();
@@ -62,10 +74,11 @@ export class Dispatcher {
         this.logger.info("this process is now the dispatcher");
       }
       for (let round = 0; round < maxRounds; round++) {
-        const result = await dispatchRoundRun(this.conn!, this.maxEvents);
+        const result = await dispatchRoundRun(this.conn!, this.maxEvents, claim?.());
         total.events += result.events;
         total.deliveries += result.deliveries;
         total.lastId = result.lastId;
+        if (result.claimed.length > 0) onClaimed?.(result);
         if (result.events < this.maxEvents / 2) break;
       }
       return total;

@@ -129,7 +129,10 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
           const recovered = await deliveryRecoverExpired(sql);
           if (recovered > 0) logger.warn({ recovered }, "took over deliveries whose lease expired");
         }
-        const round = await dispatcher.runUntilCaughtUp();
+        const round = await dispatcher.runUntilCaughtUp(
+          () => deliverer.dispatchClaimRequest(),
+          (r) => deliverer.startClaimed(r.claimed),
+        );
         const claimed = await deliverer.pumpAll();
         if (stopping) break;
         if ((round?.events ?? 0) > 0 || claimed > 0) {

@@ -167,6 +167,8 @@ returns int
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
+-- The public parameter name `subscription` is also a column of deliveries: columns win.
+#variable_conflict use_column
 declare
   v_reset int;
   v_created int;

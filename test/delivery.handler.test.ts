@@ -1,0 +1,216 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { NonRetryableError } from "../src/transports/handler.js";
+import type { OutboxEvent } from "../src/transports/transport.js";
+import { useTestDatabase, waitFor } from "./harness.js";
+import { capturedTable, deliveriesOf, startOutbox } from "./deliveryHelpers.js";
+
+const db = useTestDatabase();
+
+test("an insert reaches a registered handler with the envelope; its delivery ends delivered after one attempt", async () => {
+  await capturedTable(db.sql, "h1");
+  const received: Array<{ event: OutboxEvent; attempt: number; deliveryId: string; raw: string }> = [];
+  const w = await startOutbox(db, (o) =>
+    o.handle("h1_handler", "public.h1.*", (event, context) => {
+      received.push({ event, ...context });
+    }),
+  );
+  try {
+    await db.sql`insert into h1 (id, status, email) values (42, 'new', 'a@x')`;
+    await waitFor(async () => received.length > 0, "the handler to be called");
+    const [{ event, attempt, deliveryId, raw }] = received as [(typeof received)[0]];
+    const [stored] = await db.sql<{ id: string; payload: Record<string, unknown> }[]>`
+      select id, payload from outbox.events where table_name = 'h1'`;
+    assert.equal(event.id, stored!.id, "the envelope's id is the event's id");
+    assert.equal(event.type, "public.h1.insert");
+    assert.equal(event.op, "insert");
+    assert.deepEqual(event.table, { schema: "public", name: "h1" });
+    assert.deepEqual(event.key, { id: 42 });
+    assert.deepEqual(event.new, { id: 42, status: "new", email: "a@x", org: null, body: null, version: 1 });
+    assert.equal(event.old, null);
+    assert.match(event.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/);
+    assert.ok(!("data" in event), "a capture event carries no data");
+    assert.deepEqual(event, stored!.payload, "the handler gets exactly the stored envelope");
+    assert.deepEqual(JSON.parse(raw), event, "context.raw is the envelope as JSON text");
+    assert.equal(attempt, 1);
+
+    const [delivery] = await waitFor(async () => {
+      const rows = await deliveriesOf(db.sql, "h1_handler");
+      return rows[0]?.status === "delivered" ? rows : undefined;
+    }, "the delivery to be recorded as delivered");
+    assert.equal(delivery!.id, deliveryId, "context.deliveryId is the delivery row");
+    assert.equal(delivery!.event_id, stored!.id);
+    assert.equal(delivery!.attempts, 1);
+    assert.ok(delivery!.delivered_at instanceof Date, "delivered_at is set");
+    assert.ok(Math.abs(delivery!.delivered_at.getTime() - Date.now()) < 60_000);
+    assert.equal(delivery!.last_error, null);
+    assert.equal(received.length, 1, "delivered once");
+  } finally {
+    await w.stop();
+  }
+});
+
+test("a handler that throws is retried with full-jitter backoff: retrying, last_error, next_attempt_at within [now, now + 2^n s]", async () => {
+  await capturedTable(db.sql, "h2");
+  const calls: number[] = [];
+  const w = await startOutbox(db, (o) =>
+    o.handle("h2_handler", "public.h2.*", () => {
+      calls.push(Date.now());
+      throw new Error(`boom ${calls.length}`);
+    }),
+  );
+  try {
+    await db.sql`insert into h2 (id) values (1)`;
+    for (const n of [1, 2]) {
+      const [row] = await waitFor(async () => {
+        const rows = await deliveriesOf(db.sql, "h2_handler");
+        return rows[0]?.status === "retrying" && rows[0].attempts === n ? rows : undefined;
+      }, `the delivery to be retrying after attempt ${n}`);
+      const readAt = Date.now();
+      const failedAt = calls[n - 1]!;
+      assert.equal(row!.status, "retrying");
+      assert.equal(row!.last_error, `boom ${n}`, "last_error is the handler's error message");
+      assert.equal(row!.delivered_at, null);
+      const next = row!.next_attempt_at.getTime();
+      const bound = Math.min(3600, 2 ** n) * 1000;
+      // Recorded after the handler threw (clock tolerance of 50 ms for timestamp rounding).
+      assert.ok(next >= failedAt - 50, `attempt ${n}: next_attempt_at ${next - failedAt} ms after the failure is not before it`);
+      assert.ok(next <= readAt + bound + 50, `attempt ${n}: next_attempt_at is at most ${bound} ms after the failure (got ${next - failedAt} ms)`);
+      // The same bound measured in the database, against the time the outcome was recorded.
+      const [{ ok }] = await db.sql<{ ok: boolean }[]>`
+        select next_attempt_at >= updated_at and next_attempt_at <= updated_at + make_interval(secs => ${bound / 1000}) as ok
+        from outbox.deliveries where id = ${row!.id}`;
+      assert.equal(ok, true, `attempt ${n}: next_attempt_at within [updated_at, updated_at + ${bound / 1000} s]`);
+    }
+    assert.ok(calls[1]! - calls[0]! <= 2000 + 1500, "the second attempt came within the first backoff bound (plus poll and scheduling slack)");
+  } finally {
+    await w.stop();
+  }
+});
+
+test("with max_attempts 2 a failing delivery ends dead after 2 attempts", async () => {
+  await capturedTable(db.sql, "h3");
+  let calls = 0;
+  const w = await startOutbox(db, (o) =>
+    o.handle(
+      "h3_handler",
+      "public.h3.*",
+      () => {
+        calls++;
+        throw new Error("always fails");
+      },
+      { maxAttempts: 2 },
+    ),
+  );
+  try {
+    const [{ max_attempts }] = await db.sql<{ max_attempts: number }[]>`
+      select max_attempts from outbox.subscriptions where name = 'h3_handler'`;
+    assert.equal(max_attempts, 2);
+    await db.sql`insert into h3 (id) values (1)`;
+    const [row] = await waitFor(async () => {
+      const rows = await deliveriesOf(db.sql, "h3_handler");
+      return rows[0]?.status === "dead" ? rows : undefined;
+    }, "the delivery to go dead", 15_000);
+    assert.equal(row!.attempts, 2);
+    assert.equal(row!.last_error, "always fails");
+    assert.equal(row!.delivered_at, null);
+    assert.equal(calls, 2, "no attempt after the last one");
+  } finally {
+    await w.stop();
+  }
+});
+
+test("a NonRetryableError makes the delivery dead at once", async () => {
+  await capturedTable(db.sql, "h4");
+  let calls = 0;
+  const w = await startOutbox(db, (o) =>
+    o.handle("h4_handler", "public.h4.*", () => {
+      calls++;
+      throw new NonRetryableError("malformed order");
+    }),
+  );
+  try {
+    await db.sql`insert into h4 (id) values (1)`;
+    const [row] = await waitFor(async () => {
+      const rows = await deliveriesOf(db.sql, "h4_handler");
+      return rows[0] && rows[0].status !== "pending" && rows[0].status !== "delivering" ? rows : undefined;
+    }, "the first attempt's outcome");
+    assert.equal(row!.status, "dead");
+    assert.equal(row!.attempts, 1);
+    assert.match(row!.last_error ?? "", /malformed order/);
+    assert.equal(calls, 1);
+  } finally {
+    await w.stop();
+  }
+});
+
+test("rolled-back writes are never delivered", async () => {
+  await capturedTable(db.sql, "h5");
+  const seen: number[] = [];
+  const w = await startOutbox(db, (o) =>
+    o.handle("h5_handler", "public.h5.*", (event) => {
+      seen.push(Number((event.key as { id: number }).id));
+    }),
+  );
+  try {
+    await assert.rejects(
+      db.sql.begin(async (tx) => {
+        await tx`insert into h5 (id) values (1), (2)`;
+        throw new Error("rollback");
+      }),
+      /rollback/,
+    );
+    await db.sql.begin(async (tx) => {
+      await tx`insert into h5 (id) values (3)`;
+      await assert.rejects(
+        tx.savepoint(async (sp) => {
+          await sp`insert into h5 (id) values (4)`;
+          throw new Error("undo savepoint");
+        }),
+      );
+    });
+    await db.sql`insert into h5 (id) values (5)`;
+    await waitFor(async () => seen.includes(5), "the last committed insert to be delivered");
+    const rows = await deliveriesOf(db.sql, "h5_handler");
+    assert.deepEqual(rows.map((r) => r.row_id), [3, 5], "deliveries exist only for committed rows");
+    assert.deepEqual([...seen].sort((a, b) => a - b), [3, 5]);
+  } finally {
+    await w.stop();
+  }
+});
+
+test("a handler subscription is served only by workers that registered it", async () => {
+  await capturedTable(db.sql, "h6");
+  const ownerSeen: number[] = [];
+  // The owner registers the handler (creating the subscription), then stops.
+  const owner = await startOutbox(db, (o) => o.handle("h6_owned", "public.h6.*", (e) => void ownerSeen.push(Number((e.key as { id: number }).id))));
+  await owner.stop();
+
+  // Another worker runs without that handler; its own handler on the same table shows it is working.
+  const otherSeen: number[] = [];
+  const other = await startOutbox(db, (o) =>
+    o.handle("h6_other", "public.h6.*", (e) => void otherSeen.push(Number((e.key as { id: number }).id))),
+  );
+  try {
+    await db.sql`insert into h6 (id) values (1)`;
+    await waitFor(async () => otherSeen.includes(1), "the other worker's own handler to get event 1");
+    await db.sql`insert into h6 (id) values (2)`;
+    await waitFor(async () => otherSeen.includes(2), "the other worker's own handler to get event 2");
+    // Several dispatch and claim rounds later, the owned subscription's deliveries are untouched.
+    await waitFor(async () => (await deliveriesOf(db.sql, "h6_other")).every((r) => r.status === "delivered"), "h6_other delivered");
+    const owned = await deliveriesOf(db.sql, "h6_owned");
+    assert.deepEqual(owned.map((r) => [r.row_id, r.status, r.attempts]), [[1, "pending", 0], [2, "pending", 0]]);
+    assert.equal(ownerSeen.length, 0, "the owner's handler never ran");
+  } finally {
+    await other.stop();
+  }
+
+  // When a worker that registered it runs again, it delivers them.
+  const owner2 = await startOutbox(db, (o) => o.handle("h6_owned", "public.h6.*", (e) => void ownerSeen.push(Number((e.key as { id: number }).id))));
+  try {
+    await waitFor(async () => (await deliveriesOf(db.sql, "h6_owned")).every((r) => r.status === "delivered"), "h6_owned delivered");
+    assert.deepEqual([...ownerSeen].sort((a, b) => a - b), [1, 2]);
+  } finally {
+    await owner2.stop();
+  }
+});

@@ -1,0 +1,253 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import postgres from "postgres";
+import { NonRetryableError } from "../src/transports/handler.js";
+import type { OutboxEvent } from "../src/transports/transport.js";
+import { useTestDatabase, waitFor } from "./harness.js";
+import { capturedTable, deliveriesOf, dispatchOnce, startOutbox, statusCounts } from "./deliveryHelpers.js";
+
+const db = useTestDatabase();
+
+const idOf = (event: OutboxEvent) => Number((event.key as { id: number }).id);
+
+test("redeliver: a dead delivery returns to pending with attempts 0 and is delivered again; one still in line is refused", async () => {
+  await capturedTable(db.sql, "l1");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind) values ('l1_unserved', 'public.l1.*', 'handler')`;
+  const calls: string[] = [];
+  const w = await startOutbox(db, (o) =>
+    o.handle("l1_handler", "public.l1.*", () => {
+      calls.push(calls.length === 0 ? "dead" : "ok");
+      if (calls.length === 1) throw new NonRetryableError("bad payload");
+    }),
+  );
+  try {
+    await db.sql`insert into l1 (id) values (1)`;
+    const [dead] = await waitFor(async () => {
+      const rows = await deliveriesOf(db.sql, "l1_handler");
+      return rows[0]?.status === "dead" ? rows : undefined;
+    }, "the delivery to go dead");
+    assert.equal(dead!.attempts, 1);
+
+    const after = await db.sql.begin(async (tx) => {
+      await tx`select outbox.redeliver(${dead!.id}::bigint)`;
+      return tx<{ status: string; attempts: number; last_error: string | null; delivered_at: Date | null; id: string }[]>`
+        select id::text, status, attempts, last_error, delivered_at from outbox.deliveries where id = ${dead!.id}`;
+    });
+    assert.deepEqual(after[0], { id: dead!.id, status: "pending", attempts: 0, last_error: null, delivered_at: null }, "the same row, back in line");
+
+    const [again] = await waitFor(async () => {
+      const rows = await deliveriesOf(db.sql, "l1_handler");
+      return rows[0]?.status === "delivered" ? rows : undefined;
+    }, "the redelivered delivery to be delivered");
+    assert.equal(again!.id, dead!.id);
+    assert.equal(again!.attempts, 1);
+    assert.ok(again!.delivered_at instanceof Date);
+    assert.deepEqual(calls, ["dead", "ok"]);
+
+    const [pending] = await deliveriesOf(db.sql, "l1_unserved");
+    assert.equal(pending!.status, "pending");
+    await assert.rejects(db.sql`select outbox.redeliver(${pending!.id}::bigint)`, (error: Error & { code?: string }) => {
+      assert.match(error.message, new RegExp(`delivery ${pending!.id} is still in line \\(pending, retrying or delivering\\)`));
+      assert.equal(error.code, "55000");
+      return true;
+    });
+    await assert.rejects(db.sql`select outbox.redeliver(987654321)`, /no delivery 987654321/);
+  } finally {
+    await w.stop();
+  }
+});
+
+test("replay: an inactive subscription gets no deliveries; replay creates the missing ones and puts delivered ones back in line", async () => {
+  await capturedTable(db.sql, "l2");
+  const replayed: number[] = [];
+  const witnessed: number[] = [];
+  const w = await startOutbox(db, (o) => {
+    o.handle("l2_replay", "public.l2.*", (e) => void replayed.push(idOf(e)));
+    o.handle("l2_witness", "public.l2.*", (e) => void witnessed.push(idOf(e)));
+  });
+  try {
+    const [{ since }] = await db.sql<{ since: Date }[]>`select clock_timestamp() as since`;
+    await db.sql`insert into l2 (id) values (1)`;
+    await waitFor(async () => (await statusCounts(db.sql, "l2_replay")).delivered === 1, "event 1 delivered");
+
+    await db.sql`update outbox.subscriptions set active = false where name = 'l2_replay'`;
+    await db.sql`insert into l2 (id) values (2)`;
+    await db.sql`insert into l2 (id) values (3)`;
+    await waitFor(async () => (await statusCounts(db.sql, "l2_witness")).delivered === 3, "events 2 and 3 dispatched and delivered to the witness");
+    assert.deepEqual((await deliveriesOf(db.sql, "l2_replay")).map((r) => r.row_id), [1], "no deliveries while inactive");
+    assert.deepEqual(replayed, [1]);
+
+    await db.sql`update outbox.subscriptions set active = true where name = 'l2_replay'`;
+    const inLine = await db.sql.begin(async (tx) => {
+      const [{ n }] = await tx<{ n: number }[]>`select outbox.replay('l2_replay', ${since}) as n`;
+      const rows = await tx<{ status: string; attempts: number; row_id: number }[]>`
+        select d.status, d.attempts, (e.key ->> 'id')::int as row_id
+        from outbox.deliveries d join outbox.events e on e.id = d.event_id
+        where d.subscription = 'l2_replay' order by d.event_position`;
+      return { n, rows };
+    });
+    assert.equal(inLine.n, 3, "one delivered put back in line, two created");
+    assert.deepEqual(inLine.rows.map((r) => [r.row_id, r.status, r.attempts]), [
+      [1, "pending", 0],
+      [2, "pending", 0],
+      [3, "pending", 0],
+    ]);
+
+    await waitFor(async () => (await statusCounts(db.sql, "l2_replay")).delivered === 3, "the replayed deliveries delivered");
+    assert.deepEqual([...replayed].sort((a, b) => a - b), [1, 1, 2, 3]);
+    assert.deepEqual([...witnessed].sort((a, b) => a - b), [1, 2, 3], "replay touches only its subscription");
+    await assert.rejects(db.sql`select outbox.replay('l2_nope', now())`, /no subscription 'l2_nope'/);
+  } finally {
+    await w.stop();
+  }
+});
+
+test("deleting a subscription deletes its deliveries", async () => {
+  await capturedTable(db.sql, "l3");
+  await db.sql`
+    insert into outbox.subscriptions (name, pattern, kind) values ('l3_gone', 'public.l3.*', 'handler'), ('l3_kept', 'public.l3.*', 'handler')`;
+  await db.sql`insert into l3 (id) values (1), (2)`;
+  await dispatchOnce(db.sql);
+  assert.equal((await deliveriesOf(db.sql, "l3_gone")).length, 2);
+  await db.sql`delete from outbox.subscriptions where name = 'l3_gone'`;
+  assert.equal((await db.sql`select 1 from outbox.deliveries where subscription = 'l3_gone'`).length, 0);
+  assert.equal((await deliveriesOf(db.sql, "l3_kept")).length, 2, "other subscriptions keep theirs");
+});
+
+test("a notify subscription inserted with plain SQL while the worker runs is served within a second, without a restart", async () => {
+  await capturedTable(db.sql, "l4");
+  // A slow safety-net poll: the subscription change notification must be what picks it up.
+  const w = await startOutbox(db, () => undefined, { pollIntervalMs: 5000 });
+  const listener = postgres(db.url, { max: 1, onnotice: () => undefined });
+  const received: Array<{ at: number; payload: string }> = [];
+  try {
+    await listener.listen("l4_channel", (payload) => void received.push({ at: Date.now(), payload }));
+    await db.sql`
+      insert into outbox.subscriptions (name, pattern, kind, config) values ('l4_notify', 'public.l4.*', 'notify', '{"channel": "l4_channel"}')`;
+    const insertedAt = Date.now();
+    await db.sql`insert into l4 (id, status) values (1, 'small')`;
+    await waitFor(async () => received.length >= 1, "the envelope on the channel", 5000);
+    const latency = received[0]!.at - insertedAt;
+    assert.ok(latency < 1000, `delivered ${latency} ms after the write`);
+    const [stored] = await db.sql<{ id: string; payload: Record<string, unknown> }[]>`
+      select id, payload from outbox.events where table_name = 'l4' and (key ->> 'id')::int = 1`;
+    assert.deepEqual(JSON.parse(received[0]!.payload), stored!.payload, "the whole envelope");
+
+    await db.sql`insert into l4 (id, body) values (2, ${"x".repeat(9000)})`;
+    await waitFor(async () => received.length >= 2, "the second notification", 5000);
+    const [big] = await db.sql<{ id: string; payload: unknown }[]>`
+      select id, payload from outbox.events where table_name = 'l4' and (key ->> 'id')::int = 2`;
+    assert.ok(JSON.stringify(big!.payload).length > 8000);
+    assert.deepEqual(JSON.parse(received[1]!.payload), { id: big!.id, type: "public.l4.insert", truncated: true });
+    await waitFor(async () => (await statusCounts(db.sql, "l4_notify")).delivered === 2, "both recorded as delivered");
+  } finally {
+    await listener.end({ timeout: 5 });
+    await w.stop();
+  }
+});
+
+test("subscription_status and dispatch_status show what is in line, dead, delivered and undispatched", async () => {
+  await capturedTable(db.sql, "l5");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind) values ('l5_unserved', 'public.l5.*', 'handler')`;
+  const w = await startOutbox(db, (o) => {
+    o.handle("l5_ok", "public.l5.*", () => undefined);
+    o.handle("l5_dead", "public.l5.*", () => {
+      throw new NonRetryableError("no");
+    });
+  });
+  try {
+    await db.sql`insert into l5 (id) values (1), (2), (3)`;
+    await waitFor(async () => (await statusCounts(db.sql, "l5_ok")).delivered === 3, "l5_ok delivered");
+    await waitFor(async () => (await statusCounts(db.sql, "l5_dead")).dead === 3, "l5_dead dead");
+  } finally {
+    await w.stop();
+  }
+  type Status = { subscription: string; kind: string; pattern: string; active: boolean; pending: number; retrying: number; delivering: number; dead: number; delivered_last_hour: number; oldest_pending_at: Date | null; oldest_pending_age_seconds: number | null };
+  const status = await db.sql<Status[]>`
+    select subscription, kind, pattern, active, pending::int, retrying::int, delivering::int, dead::int,
+           delivered_last_hour::int, oldest_pending_at, oldest_pending_age_seconds::float8 as oldest_pending_age_seconds
+    from outbox.subscription_status where subscription like 'l5\\_%' order by subscription`;
+  const counts = status.map((s) => [s.subscription, s.pending, s.retrying, s.delivering, s.dead, s.delivered_last_hour]);
+  assert.deepEqual(counts, [
+    ["l5_dead", 0, 0, 0, 3, 0],
+    ["l5_ok", 0, 0, 0, 0, 3],
+    ["l5_unserved", 3, 0, 0, 0, 0],
+  ]);
+  const [dead, ok, unserved] = status;
+  assert.equal(ok!.oldest_pending_at, null);
+  assert.equal(dead!.oldest_pending_at, null, "dead deliveries are not waiting");
+  assert.ok(unserved!.oldest_pending_at instanceof Date);
+  assert.ok(unserved!.oldest_pending_age_seconds! >= 0 && unserved!.oldest_pending_age_seconds! < 60);
+  assert.deepEqual([unserved!.kind, unserved!.pattern, unserved!.active], ["handler", "public.l5.*", true]);
+
+  type Dispatch = { last_id: string | null; dispatched_at: Date | null; undispatched_events: number; lag_seconds: number | null };
+  const dispatchStatus = async () =>
+    (await db.sql<Dispatch[]>`
+      select last_id::text, dispatched_at, undispatched_events::int, lag_seconds::float8 as lag_seconds from outbox.dispatch_status`)[0]!;
+  await dispatchOnce(db.sql);
+  const caughtUp = await dispatchStatus();
+  assert.equal(caughtUp.undispatched_events, 0);
+  assert.equal(caughtUp.lag_seconds, null);
+  assert.ok(caughtUp.last_id !== null && BigInt(caughtUp.last_id) > 0n);
+  assert.ok(caughtUp.dispatched_at instanceof Date && Date.now() - caughtUp.dispatched_at.getTime() < 60_000);
+
+  await db.sql`insert into l5 (id) values (4), (5)`;
+  await db.sql`insert into l5 (id) values (6)`;
+  const behind = await dispatchStatus();
+  assert.equal(behind.undispatched_events, 3, "three events not yet dispatched");
+  assert.ok(behind.lag_seconds !== null && behind.lag_seconds >= 0 && behind.lag_seconds < 60);
+  assert.equal(behind.last_id, caughtUp.last_id);
+
+  await dispatchOnce(db.sql);
+  const after = await dispatchStatus();
+  assert.equal(after.undispatched_events, 0);
+  assert.ok(BigInt(after.last_id!) > BigInt(caughtUp.last_id!));
+  const [unservedNow] = await db.sql<{ pending: number }[]>`
+    select pending::int from outbox.subscription_status where subscription = 'l5_unserved'`;
+  assert.equal(unservedNow!.pending, 6);
+});
+
+test("retention removes delivered deliveries and fully delivered events, keeps what is still in line and the events it needs", async () => {
+  await capturedTable(db.sql, "l6");
+  // l6_idle: nobody serves it, so its delivery of event 3 stays pending.
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind, filter) values ('l6_idle', 'public.l6.*', 'handler', '$.new.id == 3')`;
+  const w = await startOutbox(db, (o) => {
+    o.handle("l6_ok", "public.l6.*", () => undefined);
+    o.handle(
+      "l6_fail",
+      "public.l6.*",
+      () => {
+        throw new Error("still failing");
+      },
+      { filter: "$.new.id >= 2" },
+    );
+  });
+  try {
+    // One statement each: a statement's rows are stored together and pruned together.
+    for (const id of [1, 2, 3]) await db.sql`insert into l6 (id) values (${id})`;
+    await waitFor(async () => (await statusCounts(db.sql, "l6_ok")).delivered === 3, "l6_ok delivered");
+    await waitFor(async () => (await statusCounts(db.sql, "l6_fail")).retrying === 2, "l6_fail retrying");
+  } finally {
+    await w.stop();
+  }
+  const before = await db.sql<{ subscription: string; status: string; row_id: number }[]>`
+    select d.subscription, d.status, (e.key ->> 'id')::int as row_id from outbox.deliveries d
+    join outbox.events e on e.id = d.event_id where e.table_name = 'l6' order by 1, 3`;
+  assert.equal(before.length, 6);
+
+  const [{ removed }] = await db.sql<{ removed: number }[]>`
+    select outbox._prune(now() + interval '1 day', now() + interval '1 day', 1000) as removed`;
+  assert.ok(removed >= 4, `at least 3 deliveries and 1 event removed (${removed})`);
+
+  const deliveries = await db.sql<{ subscription: string; status: string; event_id: string }[]>`
+    select subscription, status, event_id::text from outbox.deliveries where subscription like 'l6\\_%' order by subscription, event_position`;
+  assert.deepEqual(deliveries.map((d) => [d.subscription, d.status]), [
+    ["l6_fail", "retrying"],
+    ["l6_fail", "retrying"],
+    ["l6_idle", "pending"],
+  ]);
+  const events = await db.sql<{ id: string; row_id: number }[]>`
+    select id::text, (key ->> 'id')::int as row_id from outbox.events where table_name = 'l6' order by position`;
+  assert.deepEqual(events.map((e) => e.row_id), [2, 3], "event 1 was fully delivered; 2 and 3 are still needed");
+  assert.ok(deliveries.every((d) => events.some((e) => e.id === d.event_id)), "every remaining delivery still has its event");
+});

@@ -1,0 +1,105 @@
+/**
+ * Helpers shared by the delivery tests (test/delivery.*.test.ts): in-process workers,
+ * captured tables, and queries on `outbox.deliveries`.
+ */
+import type { Sql } from "postgres";
+import { createOutbox, type Outbox } from "../src/outbox.js";
+import type { OutboxWorker } from "../src/worker/worker.js";
+import type { TestDatabase } from "./harness.js";
+
+/** Worker settings of the tests: a fast safety-net poll and a short lease. */
+export const testWorkerOptions = { pollIntervalMs: 200, leaseMs: 2000 } as const;
+
+/** An outbox API on the test database; `setup` registers handlers before the worker starts. */
+export async function startOutbox(
+  db: TestDatabase,
+  setup: (outbox: Outbox) => void = () => undefined,
+  worker: { pollIntervalMs?: number; leaseMs?: number } = testWorkerOptions,
+): Promise<{ outbox: Outbox; worker: OutboxWorker; stop: () => Promise<void> }> {
+  const outbox = createOutbox({ connectionString: db.url, worker: { ...testWorkerOptions, ...worker } });
+  setup(outbox);
+  let running: OutboxWorker;
+  try {
+    running = await outbox.start();
+  } catch (error) {
+    await outbox.close();
+    throw error;
+  }
+  let stopped = false;
+  return {
+    outbox,
+    worker: running,
+    stop: async () => {
+      if (stopped) return;
+      stopped = true;
+      await running.stop();
+      await outbox.close();
+    },
+  };
+}
+
+/** Creates a captured table of the test's own: `id bigint primary key`, `status`, `email`, `org`, `body`. */
+export async function capturedTable(sql: Sql, table: string, options = ""): Promise<void> {
+  await sql.unsafe(`
+    create table ${table} (id bigint primary key, status text, email text, org text, body text, version int default 1);
+    select outbox.enable_capture('${table}'${options ? `, ${options}` : ""});`);
+}
+
+/** A delivery row as the tests read it. */
+export interface DeliveryRow {
+  id: string;
+  event_id: string;
+  subscription: string;
+  status: string;
+  attempts: number;
+  next_attempt_at: Date;
+  last_error: string | null;
+  delivered_at: Date | null;
+  updated_at: Date;
+  row_id: number | null;
+  op: string | null;
+}
+
+/** The deliveries of a subscription in event order, with the captured row's id and op. */
+export async function deliveriesOf(sql: Sql, subscription: string): Promise<DeliveryRow[]> {
+  return sql<DeliveryRow[]>`
+    select d.id::text, d.event_id::text, d.subscription, d.status, d.attempts, d.next_attempt_at, d.last_error,
+           d.delivered_at, d.updated_at, (e.key ->> 'id')::int as row_id, e.op
+    from outbox.deliveries d
+    left join outbox.events e on e.id = d.event_id
+    where d.subscription = ${subscription}
+    order by d.event_position`;
+}
+
+/** Counts of a subscription's deliveries by status. */
+export async function statusCounts(sql: Sql, subscription: string): Promise<Record<string, number>> {
+  const rows = await sql<{ status: string; n: number }[]>`
+    select status, count(*)::int as n from outbox.deliveries where subscription = ${subscription} group by status`;
+  return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+}
+
+/**
+ * Makes a subscription's waiting retries due now: the backoff is random up to 2^n s, and
+ * tests that fail an event several times should not wait for it. Only the wait changes.
+ */
+export async function hastenRetries(sql: Sql, subscription: string): Promise<void> {
+  await sql`
+    update outbox.deliveries set next_attempt_at = now()
+    where subscription = ${subscription} and status = 'retrying' and next_attempt_at > now()`;
+}
+
+/** Runs one dispatch round by hand, the way the dispatcher does (REPEATABLE READ, one snapshot). */
+export async function dispatchOnce(sql: Sql): Promise<{ events: number; deliveries: number }> {
+  const conn = await sql.reserve();
+  try {
+    await conn`begin isolation level repeatable read`;
+    const rows = await conn<{ events: number; deliveries: number }[]>`select events, deliveries from outbox._dispatch()`;
+    await conn`commit`;
+    return { events: rows[0]?.events ?? 0, deliveries: rows[0]?.deliveries ?? 0 };
+  } catch (error) {
+    await conn`rollback`.catch(() => undefined);
+    throw error;
+  } finally {
+    conn.release();
+  }
+}

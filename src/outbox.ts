@@ -4,6 +4,7 @@ import { connectionStringSchema, describeIssues } from "./config.js";
 import { captureDisable, captureEnable, captureList, type CaptureOptions, type CaptureRow } from "./db/captures.js";
 import { eventEmit, eventListAfter, type EventRow, type Queryable } from "./db/events.js";
 import { migrate } from "./db/migrate.js";
+import { statusRead, type OutboxStatus } from "./db/status.js";
 import { subscriptionDelete, subscriptionUpsert, type SubscriptionInput } from "./db/subscriptions.js";
 import { HandlerTransport, type EventHandler } from "./transports/handler.js";
 import { startWorker, type OutboxWorker } from "./worker/worker.js";
@@ -107,6 +108,8 @@ export interface Outbox {
   subscribe(input: SubscriptionInput): Promise<void>;
   /** Deletes a subscription and its deliveries; returns whether it existed. */
   unsubscribe(name: string): Promise<boolean>;
+  /** Delivery status per subscription, dispatch lag and capture health (what `outbox status` prints). */
+  status(): Promise<OutboxStatus>;
   /** Starts a worker in this process (dispatch, delivery, maintenance). */
   start(): Promise<OutboxWorker>;
   /** Closes the client if pg-outbox opened it (stop workers first). */
@@ -150,6 +153,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
       });
     },
     subscribe: (input) => subscriptionUpsert(sql, input),
+    status: () => statusRead(sql),
     unsubscribe: (name) => subscriptionDelete(sql, name),
     async start() {
       const connectionString = config.connectionString ?? connectionStringOf(sql);

@@ -55,6 +55,21 @@ export async function runDemo(env: CliEnv): Promise<void> {
       const [mark] = await outbox.sql<{ position: string }[]>`
         select coalesce(max(position), -1)::text as position from outbox.events`;
 
+      step("Registering a handler for outbox_demo.orders.* (ordered per key; it fails the first attempt at 'grace', to show a retry) and starting a worker");
+      const seen: string[] = [];
+      let failedOnce = false;
+      outbox.handle("demo-printer", "outbox_demo.orders.*", (event, context) => {
+        const row = (event.new ?? event.old) as { customer?: string } | null;
+        if (row?.customer === "grace" && event.op === "insert" && !failedOnce) {
+          failedOnce = true;
+          throw new Error("demo: simulated failure, will be retried");
+        }
+        seen.push(event.id);
+        console.log(`  ✉ handler got ${event.type} key=${JSON.stringify(event.key)} (attempt ${context.attempt})`);
+      }, { ordered: true });
+      await outbox.sql`update outbox.subscriptions set active = true where name = 'demo-printer'`.catch(() => undefined);
+      const worker = await outbox.start();
+
       step("Writing: two inserts, an update, a delete, a rolled-back insert and an emitted event");
       await outbox.sql.begin(async (tx) => {
         await tx`select set_config('outbox.actor', 'demo-user', true)`;
@@ -79,12 +94,34 @@ export async function runDemo(env: CliEnv): Promise<void> {
         console.log(`  ${event.topic.padEnd(32)} key=${JSON.stringify(event.key)}  ${detail}${p.actor ? `  actor=${p.actor}` : ""}`);
       }
 
+      step("Waiting for the handler to receive the four captured changes (one retried) …");
+      const deadline = Date.now() + 60_000;
+      while (seen.length < 4 && Date.now() < deadline) {
+        // The retry of the failed attempt waits its backoff; speed it up for the demo.
+        await outbox.sql`update outbox.deliveries set next_attempt_at = now() where subscription = 'demo-printer' and status = 'retrying'`;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      await worker.stop();
+
+      step("outbox status");
+      const status = await outbox.status();
+      for (const s of status.subscriptions) {
+        console.log(`  ${s.subscription}: delivered in the last hour ${s.deliveredLastHour}, pending ${s.pending}, retrying ${s.retrying}, dead ${s.dead}`);
+      }
+      const [retried] = await outbox.sql<{ n: number }[]>`
+        select count(*)::int as n from outbox.deliveries where subscription = 'demo-printer' and attempts > 1 and status = 'delivered'`;
+      console.log(`  deliveries that needed a retry: ${retried?.n ?? 0}`);
+
       step("outbox.captures");
       for (const c of await outbox.captures()) {
         console.log(`  ${c.schemaName}.${c.tableName}  operations=${c.operations.join(",")}  excluded=${(c.excludeColumns ?? []).join(",")}  health=${c.health}`);
       }
-      if (env.DATABASE_URL) await outbox.sql`drop schema outbox_demo cascade`;
-      console.log(`\n✔ demo finished: ${events.length} events captured`);
+      if (env.DATABASE_URL) {
+        await outbox.sql`delete from outbox.subscriptions where name = 'demo-printer'`;
+        await outbox.sql`drop schema outbox_demo cascade`;
+      }
+      console.log(`\n✔ demo finished: ${events.length} events captured, ${seen.length} delivered to the handler`);
+      if (seen.length < 4) process.exitCode = 1;
     } finally {
       await outbox.close();
     }

@@ -1,7 +1,7 @@
 /** The `outbox` command line. */
 import { Command, CommanderError } from "commander";
 import { createOutbox, type Outbox } from "../outbox.js";
-import { exitCodes, readEnv, reportError, requireDatabaseUrl } from "./context.js";
+import { commandLogger, exitCodes, readEnv, reportError, requireDatabaseUrl } from "./context.js";
 import { runDemo } from "./demo.js";
 
 function list(value: string): string[] {
@@ -76,6 +76,44 @@ capture
             .join("\n"),
     );
     if (rows.some((r) => r.health !== "ok")) process.exitCode = exitCodes.failure;
+  });
+
+program
+  .command("worker")
+  .description("run a worker: dispatch, webhook and notify delivery, retention (SIGTERM drains and exits)")
+  .action(async () => {
+    const env = readEnv();
+    const logger = commandLogger(env);
+    const outbox = createOutbox({ connectionString: requireDatabaseUrl(env), logger });
+    const worker = await outbox.start();
+    const shutdown = (signal: string) => {
+      logger.info({ signal }, "stopping");
+      void worker.stop().then(() => outbox.close());
+    };
+    process.once("SIGTERM", () => shutdown("SIGTERM"));
+    process.once("SIGINT", () => shutdown("SIGINT"));
+    await worker.stopped;
+  });
+
+program
+  .command("status")
+  .description("per subscription: pending, retrying, dead, delivered in the last hour, oldest pending age; dispatch lag; capture health")
+  .option("--json", "print JSON")
+  .action(async (opts: { json?: boolean }) => {
+    const status = await withOutbox((outbox) => outbox.status());
+    print(status, Boolean(opts.json), () => {
+      const lines = [
+        `dispatch: ${status.dispatch.undispatchedEvents} events waiting, lag ${status.dispatch.lagSeconds ?? 0} s, ${status.dispatch.transactionsInFlight} transactions in flight`,
+        "subscription            kind     active  pending  retrying  delivering  dead  delivered/1h  oldest pending",
+        ...status.subscriptions.map(
+          (s) =>
+            `${s.subscription.padEnd(23)} ${s.kind.padEnd(8)} ${String(s.active).padEnd(7)} ${String(s.pending).padStart(7)} ${String(s.retrying).padStart(9)} ${String(s.delivering).padStart(11)} ${String(s.dead).padStart(5)} ${String(s.deliveredLastHour).padStart(13)}  ${s.oldestPendingAgeSeconds === null ? "-" : `${Math.round(s.oldestPendingAgeSeconds)} s`}${s.disabledReason ? `  (${s.disabledReason})` : ""}`,
+        ),
+        ...status.captures.map((c) => `capture ${c.schemaName}.${c.tableName}: ${c.health}`),
+      ];
+      return lines.join("\n");
+    });
+    if (status.captures.some((c) => c.health !== "ok")) process.exitCode = exitCodes.failure;
   });
 
 program

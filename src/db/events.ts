@@ -26,7 +26,7 @@ export interface EventRow {
 export async function eventEmit(client: Queryable, topic: string, data: unknown, key?: string | null): Promise<string> {
   try {
     const [row] = await client<{ id: string }[]>`
-      select outbox.emit(${topic}, ${client.json((data ?? null) as never)}::jsonb, ${key ?? null}) as id`;
+      select outbox.emit(${topic}, ${JSON.stringify(data ?? null)}::text::jsonb, ${key ?? null}) as id`;
     return row!.id;
   } catch (error) {
     throw wrapDatabaseError(error, `emit ${topic}`);

@@ -34,7 +34,7 @@ export async function subscriptionUpsert(sql: Sql, input: SubscriptionInput): Pr
   try {
     await sql`
       insert into outbox.subscriptions (name, pattern, kind, config, filter, tenant, max_attempts, ordered, active)
-      values (${input.name}, ${input.pattern}, ${input.kind}, ${sql.json((input.config ?? {}) as never)}::jsonb,
+      values (${input.name}, ${input.pattern}, ${input.kind}, ${JSON.stringify(input.config ?? {})}::text::jsonb,
               ${input.filter ?? null}::jsonpath, ${input.tenant ?? null}, ${input.maxAttempts ?? 25},
               ${input.ordered ?? false}, ${input.active ?? true})
       on conflict (name) do update set

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { useTestDatabase } from "./harness.js";
+import { useTestDatabase, waitFor } from "./harness.js";
 
 const db = useTestDatabase();
 
@@ -291,3 +291,28 @@ for (const [name, call, pattern] of [
     assert.deepEqual([...leftovers], []);
   });
 }
+
+test("writes notify outbox_wake only while a worker is marked idle", async () => {
+  await captured("c13");
+  const received: string[] = [];
+  try {
+    const unlisten = await db.sql.listen("outbox_wake", (payload) => received.push(payload));
+    await db.sql`delete from outbox._workers`;
+    for (let i = 1; i <= 5; i++) await db.sql`insert into c13 (id) values (${i})`;
+    await db.sql`insert into outbox._workers (id, idle_until) values ('idle-test', now() + interval '1 minute')`;
+    await db.sql`insert into c13 (id) values (6)`;
+    await db.sql`select outbox.emit('wake.test', '{}')`;
+    await waitFor(async () => received.length >= 2, "the notifications of the writes made while idle");
+    // Notifications arrive in commit order: any from the first five writes would be here.
+    assert.equal(received.length, 2);
+    await db.sql`update outbox._workers set idle_until = now() - interval '1 second' where id = 'idle-test'`;
+    await db.sql`insert into c13 (id) values (7)`;
+    await db.sql`insert into outbox._workers (id, idle_until) values ('idle-test-2', now() + interval '1 minute')`;
+    await db.sql`insert into c13 (id) values (8)`;
+    await waitFor(async () => received.length >= 3, "the notification of the write after the new idle mark");
+    assert.equal(received.length, 3, "an expired idle mark does not make writes notify");
+    await unlisten.unlisten();
+  } finally {
+    await db.sql`delete from outbox._workers where id like 'idle-test%'`;
+  }
+});

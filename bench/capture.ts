@@ -1,0 +1,243 @@
+/**
+ * The capture part of `npm run bench`: what the capture triggers cost the application's
+ * writes (DESIGN.md, "The write path is sacred"). Every figure is a ratio against the same
+ * table without capture, measured in the same run on the same server, so machines and
+ * settings cancel out.
+ *
+ * Three tables with identical columns: `bench_plain` (no trigger, the baseline),
+ * `bench_captured` (outbox.enable_capture) and `bench_bare` (the naive design, one row
+ * trigger inserting one jsonb row per changed row into a plain table; shown for context).
+ */
+import { execFile } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import postgres, { type ReservedSql, type Sql } from "postgres";
+
+const run = promisify(execFile);
+
+export const VARIANTS = ["plain", "captured", "bare"] as const;
+export type Variant = (typeof VARIANTS)[number];
+
+export interface CaptureOptions {
+  /** The benchmark database, already migrated. */
+  url: string;
+  /** Duration of one single-row round, per variant. */
+  seconds: number;
+  /** Single-row rounds per variant (alternating variants). */
+  rounds: number;
+  /** Timed repetitions of each bulk statement per variant. */
+  reps: number;
+  clients: number;
+  /** pgbench when it is on PATH; the postgres.js loop otherwise (or when asked). */
+  driver: "pgbench" | "node";
+  log: (line: string) => void;
+}
+
+export interface Measure {
+  median: number;
+  samples: number[];
+}
+
+export interface CaseResult {
+  id: string;
+  label: string;
+  unit: "tx/s" | "rows/s";
+  goal: number;
+  plain: Measure;
+  captured: Measure;
+  bare: Measure;
+  /** Median over rounds of captured / plain. */
+  ratio: number;
+  /** bare / plain: context only, no goal. */
+  bareRatio: number;
+  pass: boolean;
+}
+
+const BULK_ROWS = 10_000;
+
+// Identical columns everywhere, each table with its own sequence (LIKE … INCLUDING ALL would
+// share bench_plain's sequence between tables). Autovacuum is off because every round starts
+// from truncated tables: an autovacuum landing in one variant's round would only add noise.
+const COLUMNS = `id bigserial primary key,
+  name text not null,
+  note text,
+  amount numeric(12,2) not null,
+  happened_at timestamptz not null default now(),
+  updated_at timestamptz`;
+
+const INSERT_ONE = (table: string): string =>
+  `insert into ${table} (name, note, amount) values ('customer ' || :r::text, 'a short note about this order', (:r::bigint % 100000) / 100.0);`;
+const INSERT_BULK = (table: string): string =>
+  `insert into ${table} (name, note, amount)
+   select 'customer ' || g, 'a short note about this order', (g % 100000) / 100.0
+   from generate_series(1, ${BULK_ROWS}) g`;
+// Every row changes a value (and updated_at), as a backfill or a batch status change would.
+const UPDATE_ALL = (table: string): string => `update ${table} set amount = amount + 1, updated_at = now()`;
+
+const table = (v: Variant): string => `bench_${v}`;
+
+/** The connection that resets and times, and whether it may CHECKPOINT. */
+interface Db {
+  conn: ReservedSql;
+  checkpoint: boolean;
+}
+
+export async function setupCapture(sql: Sql): Promise<void> {
+  for (const v of VARIANTS) {
+    await sql.unsafe(`create table ${table(v)} (${COLUMNS}) with (autovacuum_enabled = false)`);
+  }
+  // The naive design DESIGN.md compares against: a generic row trigger, one jsonb row each.
+  await sql.unsafe(`
+    create table bench_bare_log (id bigserial primary key, table_name text not null, op text not null,
+      row jsonb not null, created_at timestamptz not null default now()) with (autovacuum_enabled = false);
+    create function bench_bare_capture() returns trigger language plpgsql as $$
+    begin
+      insert into bench_bare_log (table_name, op, row) values (TG_TABLE_NAME, TG_OP, to_jsonb(new));
+      return null;
+    end $$;
+    create trigger bench_bare_capture after insert or update on bench_bare
+      for each row execute function bench_bare_capture();`);
+  // Capturing truncates too lets reset() TRUNCATE the table (with deletes alone pg-outbox
+  // refuses TRUNCATE); it adds no trigger to the insert and update paths measured here.
+  await sql`select outbox.enable_capture('bench_captured', operations => '{insert,update,delete,truncate}')`;
+  // Same reasoning as for the bench tables; this database is the benchmark's own.
+  await sql.unsafe(`alter table outbox._events set (autovacuum_enabled = false)`);
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+};
+const measure = (samples: number[]): Measure => ({ median: median(samples), samples });
+// Round r starts with a different variant, so no variant always runs first or last.
+const rotated = (round: number): Variant[] => VARIANTS.map((_, i) => VARIANTS[(i + round) % VARIANTS.length]!);
+
+/**
+ * Every timed round starts from the same state: empty tables (or `seed` fresh rows in the
+ * measured one), vacuumed so hint bits and the visibility map are set, an empty outbox, and a
+ * CHECKPOINT so no round pays for the dirty pages of the one before. The seeded rows of the
+ * update case are checkpointed too, so its UPDATE writes full-page images on both sides, as a
+ * backfill of rows untouched since the last checkpoint would.
+ */
+async function reset(db: Db, seed?: Variant): Promise<void> {
+  const { conn } = db;
+  await conn.unsafe(`truncate ${VARIANTS.map(table).join(", ")}, bench_bare_log restart identity`);
+  if (seed) await conn.unsafe(INSERT_BULK(table(seed)));
+  await conn.unsafe(`truncate outbox._events`);
+  await conn.unsafe(`vacuum analyze ${VARIANTS.map(table).join(", ")}, bench_bare_log, outbox._events`);
+  if (db.checkpoint) await conn.unsafe(`checkpoint`);
+}
+
+async function pgbenchTps(opts: CaptureOptions, dir: string, v: Variant): Promise<number> {
+  const script = join(dir, `${v}.sql`);
+  await writeFile(script, `\\set r random(1, 1000000000)\n${INSERT_ONE(table(v))}\n`);
+  // -M prepared: what ORMs and drivers do; it also keeps parsing out of the baseline, so the
+  // trigger's share of each transaction is not diluted. -n: there are no pgbench tables.
+  const { stdout } = await run("pgbench", [
+    "-n", "-M", "prepared", "-c", String(opts.clients), "-j", String(Math.min(opts.clients, 2)),
+    "-T", String(opts.seconds), "-f", script, opts.url,
+  ]);
+  const tps = /tps = ([\d.]+)/.exec(stdout)?.[1];
+  if (!tps) throw new Error(`could not read tps from pgbench output:\n${stdout}`);
+  return Number(tps);
+}
+
+// Fallback without pgbench: `clients` connections each inserting in a loop.
+async function nodeTps(opts: CaptureOptions, v: Variant): Promise<number> {
+  const sql = postgres(opts.url, { max: opts.clients, onnotice: () => undefined });
+  const text = INSERT_ONE(table(v)).replaceAll(":r", "$1");
+  try {
+    // Open and warm every connection before the clock starts, as pgbench does.
+    await Promise.all(Array.from({ length: opts.clients }, () => sql.unsafe(text, [1])));
+    let count = 0;
+    const start = performance.now();
+    const end = start + opts.seconds * 1000;
+    await Promise.all(
+      Array.from({ length: opts.clients }, async () => {
+        while (performance.now() < end) {
+          await sql.unsafe(text, [Math.floor(Math.random() * 1e9)], { prepare: true });
+          count++;
+        }
+      }),
+    );
+    return count / ((performance.now() - start) / 1000);
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+async function singleRow(opts: CaptureOptions, db: Db): Promise<Record<Variant, number[]>> {
+  const out: Record<Variant, number[]> = { plain: [], captured: [], bare: [] };
+  const dir = await mkdtemp(join(tmpdir(), "outbox-bench-"));
+  try {
+    for (let round = 0; round < opts.rounds; round++) {
+      for (const v of rotated(round)) {
+        await reset(db);
+        const tps = opts.driver === "pgbench" ? await pgbenchTps(opts, dir, v) : await nodeTps(opts, v);
+        out[v].push(tps);
+        opts.log(`  single-row insert  round ${round + 1}/${opts.rounds}  ${v.padEnd(8)} ${tps.toFixed(0)} tx/s`);
+      }
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  return out;
+}
+
+/** rows/s of one bulk statement, repeated `reps` times per variant after one warm-up. */
+async function bulk(
+  opts: CaptureOptions, db: Db, name: string, statement: (t: string) => string, seeded: boolean,
+): Promise<Record<Variant, number[]>> {
+  const out: Record<Variant, number[]> = { plain: [], captured: [], bare: [] };
+  // Rep 0 is a warm-up (plpgsql compilation, plan caching, first extension of the files).
+  for (let rep = 0; rep <= opts.reps; rep++) {
+    for (const v of rotated(rep)) {
+      await reset(db, seeded ? v : undefined);
+      const start = performance.now();
+      await db.conn.unsafe(statement(table(v)));
+      const rowsPerSecond = BULK_ROWS / ((performance.now() - start) / 1000);
+      if (rep === 0) continue;
+      out[v].push(rowsPerSecond);
+      opts.log(`  ${name}  rep ${rep}/${opts.reps}  ${v.padEnd(8)} ${rowsPerSecond.toFixed(0)} rows/s`);
+    }
+  }
+  return out;
+}
+
+// The ratio is the median of per-round ratios: a round's variants ran seconds apart, so a
+// disk or neighbour slowdown (this is often a VM) hits both sides of a pair alike, whereas a
+// ratio of overall medians can pair a fast baseline round with a slow captured one.
+const pairedRatio = (a: number[], base: number[]): number => median(a.map((x, i) => x / base[i]!));
+
+function result(id: string, label: string, unit: CaseResult["unit"], goal: number, samples: Record<Variant, number[]>): CaseResult {
+  const [plain, captured, bare] = [measure(samples.plain), measure(samples.captured), measure(samples.bare)];
+  const ratio = pairedRatio(samples.captured, samples.plain);
+  return { id, label, unit, goal, plain, captured, bare, ratio, bareRatio: pairedRatio(samples.bare, samples.plain), pass: ratio >= goal };
+}
+
+/** Runs the three write-path cases; the database must have been set up by {@link setupCapture}. */
+export async function runCapture(sql: Sql, opts: CaptureOptions): Promise<CaseResult[]> {
+  const db: Db = { conn: await sql.reserve(), checkpoint: true };
+  try {
+    // CHECKPOINT is best effort: without superuser or pg_checkpoint the rounds skip it.
+    await db.conn.unsafe(`checkpoint`).catch((error: Error) => {
+      opts.log(`  note: CHECKPOINT refused (${error.message}); rounds will be noisier`);
+      db.checkpoint = false;
+    });
+    const cases: CaseResult[] = [];
+    opts.log(`single-row INSERT transactions, ${opts.clients} clients, ${opts.seconds} s per round (${opts.driver})`);
+    cases.push(result("insert_single", `single-row insert, ${opts.clients} clients`, "tx/s", 0.8, await singleRow(opts, db)));
+    opts.log(`${BULK_ROWS}-row INSERT … SELECT generate_series`);
+    cases.push(result("insert_bulk", `${BULK_ROWS / 1000}k-row insert…select`, "rows/s", 0.5,
+      await bulk(opts, db, "bulk insert", INSERT_BULK, false)));
+    opts.log(`${BULK_ROWS}-row UPDATE of every row`);
+    cases.push(result("update_bulk", `${BULK_ROWS / 1000}k-row update`, "rows/s", 0.5,
+      await bulk(opts, db, "bulk update", UPDATE_ALL, true)));
+    return cases;
+  } finally {
+    db.conn.release();
+  }
+}

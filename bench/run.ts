@@ -1,0 +1,180 @@
+/**
+ * `npm run bench`: the write-path benchmark (DESIGN.md, "The write path is sacred").
+ *
+ *   npm run bench                  full run (about 3 minutes)
+ *   npm run bench -- --quick       short run for CI (about 20 s): same cases, noisier
+ *   npm run bench -- --seconds 20  longer single-row rounds
+ *
+ * Uses DATABASE_URL's server when set, else an embedded PostgreSQL. It drops and recreates
+ * the database `outbox_bench` there, migrates it, and writes the results to
+ * bench/results/capture-<timestamp>.json and bench/results/latest.json. A missed goal is
+ * printed, not failed on (exit 0): throughput depends on the machine, the ratios are the
+ * report.
+ */
+import { execFile } from "node:child_process";
+import { mkdir, writeFile } from "node:fs/promises";
+import { cpus, loadavg, totalmem } from "node:os";
+import { fileURLToPath } from "node:url";
+import { parseArgs, promisify } from "node:util";
+import postgres from "postgres";
+import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embeddedPostgres.js";
+import { migrate } from "../src/db/migrate.js";
+import { runCapture, setupCapture, type CaptureOptions, type CaseResult } from "./capture.js";
+
+const DATABASE = "outbox_bench";
+const resultsDir = new URL("./results/", import.meta.url);
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    seconds: { type: "string" },
+    rounds: { type: "string" },
+    reps: { type: "string" },
+    driver: { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
+  },
+});
+if (args.help) {
+  console.log(`usage: npm run bench -- [--quick] [--seconds N] [--rounds N] [--reps N] [--driver pgbench|node]
+  --quick       short run for CI (2 s rounds, 2 rounds, 3 bulk repetitions)
+  --seconds N   seconds per single-row round and variant (default 10)
+  --rounds N    single-row rounds per variant, alternating (default 5)
+  --reps N      timed repetitions of each 10,000-row statement (default 9)
+  --driver      pgbench (default when on PATH) or node (postgres.js, 4 connections)`);
+  process.exit(0);
+}
+
+function positive(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) {
+    console.error(`--${name} must be a positive number, not ${JSON.stringify(value)}`);
+    process.exit(2);
+  }
+  return n;
+}
+
+async function hasPgbench(): Promise<boolean> {
+  try {
+    await promisify(execFile)("pgbench", ["--version"]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Which trigger SQL was measured: the commit, and whether sql/ or drizzle/ had local edits. */
+async function gitState(): Promise<{ commit: string; dirty: boolean } | null> {
+  const cwd = fileURLToPath(new URL("..", import.meta.url));
+  try {
+    const { stdout: commit } = await promisify(execFile)("git", ["rev-parse", "HEAD"], { cwd });
+    const { stdout: status } = await promisify(execFile)("git", ["status", "--porcelain", "--", "sql", "drizzle"], { cwd });
+    return { commit: commit.trim(), dirty: status.trim() !== "" };
+  } catch {
+    return null;
+  }
+}
+
+function withDatabase(url: string, database: string): string {
+  const parsed = new URL(url);
+  parsed.pathname = `/${database}`;
+  return parsed.toString();
+}
+
+const fmt = (n: number): string => Math.round(n).toLocaleString("en-US");
+
+function printTable(cases: CaseResult[]): void {
+  const header = ["case", "unit", "baseline", "captured", "ratio", "goal", "result", "bare trigger", "bare ratio"];
+  // Ratios are medians of per-round ratios (bench/capture.ts), hence not exactly captured/baseline.
+  const rows = cases.map((c) => [
+    c.label, c.unit, fmt(c.plain.median), fmt(c.captured.median), c.ratio.toFixed(2), `>= ${c.goal.toFixed(2)}`,
+    c.pass ? "pass" : "MISSED", fmt(c.bare.median), c.bareRatio.toFixed(2),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]): string =>
+    cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ");
+  console.log(`\n${line(header)}\n${widths.map((w) => "-".repeat(w)).join("  ")}`);
+  for (const r of rows) console.log(line(r));
+  console.log("\nbaseline: the same table without capture; ratio: median of per-round captured/baseline");
+  console.log("bare trigger: a row trigger inserting one jsonb row per changed row (DESIGN.md), for context");
+  const missed = cases.filter((c) => !c.pass);
+  console.log(missed.length
+    ? `GOAL MISSED: ${missed.map((c) => `${c.label} ${c.ratio.toFixed(2)} < ${c.goal.toFixed(2)}`).join("; ")}`
+    : "all goals met");
+}
+
+const quick = args.quick ?? false;
+const driver = args.driver ?? ((await hasPgbench()) ? "pgbench" : "node");
+if (driver !== "pgbench" && driver !== "node") {
+  console.error(`--driver must be pgbench or node, not ${JSON.stringify(driver)}`);
+  process.exit(2);
+}
+
+let embedded: EmbeddedServer | undefined;
+let serverUrl = process.env.DATABASE_URL;
+if (!serverUrl) {
+  console.error("DATABASE_URL is not set: starting an embedded PostgreSQL for the benchmark");
+  embedded = await startEmbeddedPostgres();
+  serverUrl = embedded.url;
+}
+
+try {
+  const admin = postgres(serverUrl, { max: 1, onnotice: () => undefined });
+  await admin.unsafe(`drop database if exists ${DATABASE} with (force)`);
+  await admin.unsafe(`create database ${DATABASE}`);
+  await admin.end();
+
+  const url = withDatabase(serverUrl, DATABASE);
+  const sql = postgres(url, { max: 2, onnotice: () => undefined });
+  await migrate(sql);
+  await setupCapture(sql);
+
+  // Settings that move the figures: commit durability, and whether the outbox got lz4 (builds
+  // without it, such as some embedded binaries, compress large statements with slower pglz).
+  const [server] = await sql<{ version: string; fsync: string; synchronous_commit: string; shared_buffers: string; rows_compression: string }[]>`
+    select current_setting('server_version') as version, current_setting('fsync') as fsync,
+           current_setting('synchronous_commit') as synchronous_commit,
+           current_setting('shared_buffers') as shared_buffers,
+           (select case attcompression when 'l' then 'lz4' when 'p' then 'pglz' else current_setting('default_toast_compression') end
+            from pg_attribute where attrelid = 'outbox._events'::regclass and attname = 'rows') as rows_compression`;
+  // Five rounds, not three: on a shared 2-core VM one slow round in three moved the single-row
+  // ratio by 0.1; the median of five per-round ratios held within a few hundredths.
+  const options: Omit<CaptureOptions, "url" | "log"> = {
+    seconds: positive("seconds", args.seconds, quick ? 2 : 10),
+    rounds: positive("rounds", args.rounds, quick ? 2 : 5),
+    reps: positive("reps", args.reps, quick ? 3 : 9),
+    clients: 4,
+    driver,
+  };
+  console.error(`PostgreSQL ${server!.version} (fsync ${server!.fsync}, synchronous_commit ${server!.synchronous_commit}, shared_buffers ${server!.shared_buffers}, outbox rows ${server!.rows_compression}), ${cpus().length} cores`);
+  // Other work on the machine moves absolute figures a lot and ratios somewhat: say so.
+  const loadAtStart = loadavg()[0]!;
+  if (loadAtStart > 1) console.error(`note: load average ${loadAtStart.toFixed(2)} before the run; expect noisier figures`);
+  const started = new Date();
+  // Progress goes to stderr so that stdout carries only the table.
+  const cases = await runCapture(sql, { ...options, url, log: (l) => console.error(l) });
+  await sql.end();
+  printTable(cases);
+
+  const report = {
+    part: "capture",
+    startedAt: started.toISOString(),
+    durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
+    options: { ...options, quick },
+    server: { ...server, embedded: embedded !== undefined },
+    git: await gitState(),
+    machine: {
+      cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryBytes: totalmem(), node: process.version,
+      loadAverage: { start: loadAtStart, end: loadavg()[0] },
+    },
+    cases,
+  };
+  await mkdir(resultsDir, { recursive: true });
+  const stamp = started.toISOString().replace(/[:.]/g, "-");
+  const json = `${JSON.stringify(report, null, 2)}\n`;
+  await writeFile(new URL(`capture-${stamp}.json`, resultsDir), json);
+  await writeFile(new URL("latest.json", resultsDir), json);
+  console.log(`\nwritten: bench/results/capture-${stamp}.json and bench/results/latest.json`);
+} finally {
+  await embedded?.stop();
+}

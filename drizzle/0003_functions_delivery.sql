@@ -1382,6 +1382,22 @@ begin
   return v_reset + v_created;
 end
 $$;
+
+-- A stopping worker hands back what it claimed but did not finish (claims that arrived while
+-- it was draining): they are due again at once instead of after the lease.
+create or replace function outbox._delivery_release(p_worker text)
+returns int
+language sql
+as $$
+  with released as (
+    update outbox.deliveries set
+      status = 'retrying', next_attempt_at = now(), locked_until = null, locked_by = null,
+      last_error = 'the worker stopped before the attempt finished', updated_at = now()
+    where status = 'delivering' and locked_by = p_worker
+    returning 1
+  )
+  select count(*)::int from released
+$$;
 --> statement-breakpoint
 -- sql/130_maintenance.sql
 -- Retention and status: bounded tables (DESIGN.md guarantee 6) and what `outbox status` shows.

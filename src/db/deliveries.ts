@@ -60,3 +60,9 @@ export async function deliveryNextDueAt(sql: Sql, subscriptions: string[]): Prom
     where subscription = any(${subscriptions}::text[]) and status in ('pending', 'retrying')`;
   return row?.at ?? null;
 }
+
+/** Hands back the deliveries a stopping worker still holds; returns how many. */
+export async function deliveryReleaseHeld(sql: Sql, worker: string): Promise<number> {
+  const [row] = await sql<{ n: number }[]>`select outbox._delivery_release(${worker}) as n`;
+  return row?.n ?? 0;
+}

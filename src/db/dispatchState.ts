@@ -1,5 +1,6 @@
 /** Runtime SQL of dispatch (`outbox._dispatch`, sql/110_dispatch.sql). */
-import type { ReservedSql } from "postgres";
+import type { Sql } from "postgres";
+import { isConnectionError } from "../errors.js";
 
 /** A delivery that dispatch wrote already claimed by the calling worker. */
 export interface DispatchedClaim {
@@ -32,14 +33,14 @@ export interface DispatchClaimRequest {
 /** Advisory lock key: one dispatcher at a time, across all processes. */
 export const DISPATCH_LOCK_KEY = 7_320_110_003;
 
-/** Tries to become the dispatcher on this (reserved, session) connection. */
-export async function dispatchLockTry(conn: ReservedSql): Promise<boolean> {
+/** Tries to become the dispatcher on this session (a client with a pool of one). */
+export async function dispatchLockTry(conn: Sql): Promise<boolean> {
   const [row] = await conn<{ ok: boolean }[]>`select pg_try_advisory_lock(${DISPATCH_LOCK_KEY}) as ok`;
   return row?.ok === true;
 }
 
 /** Releases the dispatcher lock held by this connection. */
-export async function dispatchLockRelease(conn: ReservedSql): Promise<void> {
+export async function dispatchLockRelease(conn: Sql): Promise<void> {
   await conn`select pg_advisory_unlock(${DISPATCH_LOCK_KEY})`;
 }
 
@@ -48,7 +49,7 @@ export async function dispatchLockRelease(conn: ReservedSql): Promise<void> {
  * statements travel as one simple query, hence the literals: names are quoted as SQL
  * strings). On error the transaction is rolled back.
  */
-export async function dispatchRoundRun(conn: ReservedSql, maxEvents: number, claim?: DispatchClaimRequest): Promise<DispatchRound> {
+export async function dispatchRoundRun(conn: Sql, maxEvents: number, claim?: DispatchClaimRequest): Promise<DispatchRound> {
   const literal = (value: string) => `'${value.replaceAll("'", "''")}'`;
   const claimArgs = claim
     ? `${literal(claim.worker)}, array[${claim.subscriptions.map(literal).join(",")}]::text[], ${Math.trunc(claim.limit)}, ${Math.trunc(claim.leaseMs)}`
@@ -72,7 +73,9 @@ export async function dispatchRoundRun(conn: ReservedSql, maxEvents: number, cla
         .map((r) => ({ id: r.id, subscription: r.subscription, eventId: r.eventId, eventPosition: r.eventPosition, payload: r.payload })),
     };
   } catch (error) {
-    await conn`rollback`.catch(() => undefined);
+    // After a failed statement the session is in an aborted transaction: end it, unless the
+    // connection itself is gone (writing to it then can crash postgres.js).
+    if (!isConnectionError(error)) await conn`rollback`.catch(() => undefined);
     throw error;
   }
 }

@@ -37,6 +37,7 @@ export class Deliverer {
   private flushing: Promise<void> | undefined;
   private flushScheduled = false;
   private stopping = false;
+  private closed = false;
   private readonly leaseMs: number;
   private readonly claimBatch: number;
   private readonly maxInFlight: number;
@@ -198,9 +199,14 @@ export class Deliverer {
       try {
         await deliveryCompleteBatch(this.options.sql, this.options.workerId, batch);
       } catch (error) {
+        if (this.closed) {
+          // The pool is gone: the leases of these deliveries expire and they are retried.
+          this.options.logger.warn({ err: error, count: batch.length }, "outcomes not recorded after stop");
+          return;
+        }
         this.options.logger.error({ err: error, count: batch.length }, "could not record outcomes; retrying");
         this.results.unshift(...batch);
-        await new Promise((r) => setTimeout(r, 200));
+        await new Promise((r) => setTimeout(r, 200).unref());
         this.scheduleFlush();
       }
     })();
@@ -214,6 +220,11 @@ export class Deliverer {
     if (this.inFlightTotal === 0) {
       for (const resolve of this.idleWaiters.splice(0)) resolve();
     }
+  }
+
+  /** Marks the pool closed: outcomes that arrive later are not retried forever. */
+  close(): void {
+    this.closed = true;
   }
 
   /** Stops claiming; waits up to `timeoutMs` for in-flight deliveries and records their outcomes. */

@@ -1,4 +1,4 @@
-import postgres, { type ReservedSql, type Sql } from "postgres";
+import postgres, { type Sql } from "postgres";
 import {
   dispatchLockRelease,
   dispatchLockTry,
@@ -6,7 +6,7 @@ import {
   type DispatchClaimRequest,
   type DispatchRound,
 } from "../db/dispatchState.js";
-import { isConnectionError, sqlStateOf } from "../errors.js";
+import { isConnectionError, OutboxError, sqlStateOf } from "../errors.js";
 import type { Logger } from "../logger.js";
 
 /** Options of the {@link Dispatcher}. */
@@ -22,12 +22,14 @@ export interface DispatcherOptions {
  * One dispatcher at a time across all processes (DESIGN.md guarantee 7): the role is a
  * session-level advisory lock on a connection of the dispatcher's own, so it passes to
  * another process the moment this one's connection dies, without waiting on any job lock.
- * Rounds run on that same connection; if it closes, the lock is assumed lost.
+ * Rounds run on that same connection (a pool of one); if it closes, the lock is assumed lost,
+ * and a query still pending on it is abandoned rather than awaited: postgres.js may never
+ * settle it, which would freeze the worker.
  */
 export class Dispatcher {
   private readonly client: Sql;
-  private conn: ReservedSql | undefined;
   private holding = false;
+  private closed = closedSignal();
   private readonly maxEvents: number;
   private readonly logger: Logger;
 
@@ -37,11 +39,13 @@ export class Dispatcher {
     this.client = postgres(options.connectionString, {
       max: 1,
       idle_timeout: 0,
+      max_lifetime: null,
       onnotice: () => undefined,
       onclose: () => {
         if (this.holding) this.logger.warn("dispatcher connection closed: dispatcher role released");
         this.holding = false;
-        this.conn = undefined;
+        this.closed.fire();
+        this.closed = closedSignal();
       },
       // Asynchronous commit, as for the worker's pool: a dispatch round forgotten by a crash
       // of PostgreSQL is read again (its deliveries and cursor were one transaction).
@@ -68,13 +72,12 @@ export class Dispatcher {
     const total: DispatchRound = { events: 0, deliveries: 0, lastId: "0", claimed: [] };
     try {
       if (!this.holding) {
-        this.conn ??= await this.client.reserve();
-        this.holding = await dispatchLockTry(this.conn);
+        this.holding = await this.guarded(dispatchLockTry(this.client));
         if (!this.holding) return null;
         this.logger.info("this process is now the dispatcher");
       }
       for (let round = 0; round < maxRounds; round++) {
-        const result = await dispatchRoundRun(this.conn!, this.maxEvents, claim?.());
+        const result = await this.guarded(dispatchRoundRun(this.client, this.maxEvents, claim?.()));
         total.events += result.events;
         total.deliveries += result.deliveries;
         total.lastId = result.lastId;
@@ -86,20 +89,31 @@ export class Dispatcher {
       // 40001: another session dispatched concurrently (a lock lost unnoticed); the state
       // row lock and the snapshot make that safe, and the next round reads again.
       if (sqlStateOf(error) === "40001") return total;
-      if (isConnectionError(error)) {
-        this.holding = false;
-        this.conn = undefined;
-      }
+      if (isConnectionError(error)) this.holding = false;
       throw error;
     }
   }
 
   /** Gives up the dispatcher role and closes the connection. */
   async stop(): Promise<void> {
-    if (this.conn && this.holding) await dispatchLockRelease(this.conn).catch(() => undefined);
+    if (this.holding) await this.guarded(dispatchLockRelease(this.client)).catch(() => undefined);
     this.holding = false;
-    this.conn?.release();
-    this.conn = undefined;
     await this.client.end({ timeout: 5 });
   }
+
+  /** `work`, or a rejection as soon as the connection closes. */
+  private guarded<T>(work: Promise<T>): Promise<T> {
+    work.catch(() => undefined); // abandoned work must not become an unhandled rejection
+    return Promise.race([work, this.closed.promise]);
+  }
+}
+
+/** A promise that rejects when `fire()` is called (the dispatcher's connection closed). */
+function closedSignal(): { promise: Promise<never>; fire: () => void } {
+  let fire!: () => void;
+  const promise = new Promise<never>((_, reject) => {
+    fire = () => reject(new OutboxError("database_unreachable", "dispatcher connection closed"));
+  });
+  promise.catch(() => undefined);
+  return { promise, fire };
 }

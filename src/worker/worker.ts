@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { run, type Runner } from "graphile-worker";
 import postgres, { type Sql } from "postgres";
-import { deliveryRecoverExpired } from "../db/deliveries.js";
+import { deliveryRecoverExpired, deliveryReleaseHeld } from "../db/deliveries.js";
 import { subscriptionList } from "../db/subscriptions.js";
 import { workerIdleSet, workerRegister, workerRemove } from "../db/workers.js";
 import { Deliverer } from "../delivery/deliverer.js";
@@ -88,7 +88,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
   });
 
   let stopping = false;
-  let ticking = false;
+  let ticking: Promise<void> | undefined;
   let again = false;
   let idle = false;
   let idleRefreshedAt = 0;
@@ -114,13 +114,18 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
   // Reads until a round finds nothing, then marks the worker idle and reads once more: a
   // write that committed before the mark was visible did not notify, and must not wait for
   // the poll. A busy worker is never notified; it finds new work by reading.
-  const tick = async (): Promise<void> => {
-    if (stopping) return;
+  const tick = (): Promise<void> => {
+    if (stopping) return Promise.resolve();
     if (ticking) {
       again = true;
-      return;
+      return ticking;
     }
-    ticking = true;
+    ticking = runTick().finally(() => {
+      ticking = undefined;
+    });
+    return ticking;
+  };
+  const runTick = async (): Promise<void> => {
     try {
       for (;;) {
         again = false;
@@ -152,8 +157,6 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       errorsInRow++;
       logger.error({ err: error, errorsInRow }, "worker round failed; retrying");
       setTimeout(() => void tick(), Math.min(5000, 100 * 2 ** errorsInRow)).unref();
-    } finally {
-      ticking = false;
     }
   };
   const kick = () => void tick();
@@ -200,8 +203,13 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     (stopPromise ??= (async () => {
       stopping = true;
       clearInterval(poll);
+      // A round still running may yet hand over deliveries it claimed: wait for it first.
+      await ticking;
       const drained = await deliverer.drain(options.drainTimeoutMs);
       if (!drained) logger.warn("stopped before every in-flight delivery finished; their leases will expire and another worker retries them");
+      const released = await deliveryReleaseHeld(sql, id).catch(() => 0);
+      if (released > 0) logger.info({ released }, "handed back deliveries claimed while stopping");
+      deliverer.close();
       await Promise.all(listeners.map((l) => l.unlisten().catch(() => undefined)));
       await idleWrite;
       await workerRemove(sql, id).catch(() => undefined);

@@ -85,6 +85,9 @@ program
     const env = readEnv();
     const logger = commandLogger(env);
     const outbox = createOutbox({ connectionString: requireDatabaseUrl(env), logger });
+    // A connection terminated under a pool can surface as a rejection no query owns; the
+    // worker recovers from connection loss by itself, so such a rejection is logged, not fatal.
+    process.on("unhandledRejection", (reason) => logger.error({ err: reason }, "unhandled rejection (continuing)"));
     const worker = await outbox.start();
     const shutdown = (signal: string) => {
       logger.info({ signal }, "stopping");

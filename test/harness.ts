@@ -6,6 +6,9 @@ import { randomBytes } from "node:crypto";
 import { after, before } from "node:test";
 import postgres, { type Sql } from "postgres";
 
+/** application_name of the harness's own clients, so tests that cut connections can spare them. */
+export const HARNESS_APPLICATION_NAME = "outbox-test-harness";
+
 /** The same server as `url`, another database. */
 export function databaseUrlFor(url: string, database: string): string {
   const parsed = new URL(url);
@@ -49,7 +52,11 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     await admin.end();
   }
   const url = databaseUrlFor(serverUrl(), name);
-  return { url, name, sql: postgres(url, { max: 5, onnotice: () => undefined }) };
+  return {
+    url,
+    name,
+    sql: postgres(url, { max: 5, onnotice: () => undefined, connection: { application_name: HARNESS_APPLICATION_NAME } }),
+  };
 }
 
 /** Drops a database made by {@link createTestDatabase}. */

@@ -5,31 +5,14 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { capturedEvents, type CapturedEventRow } from "./capturedEvents.js";
 import { useTestDatabase } from "./harness.js";
 
 const db = useTestDatabase();
 
-interface EventRow {
-  topic: string;
-  op: string;
-  schema_name: string;
-  table_name: string;
-  key: Record<string, unknown>;
-  payload: {
-    type: string;
-    table: { schema: string; name: string };
-    key: Record<string, unknown>;
-    new: Record<string, unknown> | null;
-    old: Record<string, unknown> | null;
-    changed?: string[];
-  };
-}
+type EventRow = CapturedEventRow;
 
-async function eventsOf(schema: string, table: string): Promise<EventRow[]> {
-  return db.sql<EventRow[]>`
-    select topic, op, schema_name, table_name, key, payload from outbox.events
-    where schema_name = ${schema} and table_name = ${table} order by position`;
-}
+const eventsOf = (schema: string, table: string) => capturedEvents(db.sql, schema, table);
 
 /** A quoted identifier. */
 const q = (name: string) => `"${name.replaceAll('"', '""')}"`;

@@ -5,24 +5,14 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { capturedEvents, type CapturedEventRow } from "./capturedEvents.js";
 import { useTestDatabase } from "./harness.js";
 
 const db = useTestDatabase();
 
-interface EventRow {
-  topic: string;
-  op: string;
-  schema_name: string;
-  table_name: string;
-  key: Record<string, unknown>;
-  payload: { new: Record<string, unknown> | null; old: Record<string, unknown> | null; changed?: string[] };
-}
+type EventRow = CapturedEventRow;
 
-async function eventsOf(schema: string): Promise<EventRow[]> {
-  return db.sql<EventRow[]>`
-    select topic, op, schema_name, table_name, key, payload from outbox.events
-    where schema_name = ${schema} order by position`;
-}
+const eventsOf = (schema: string) => capturedEvents(db.sql, schema);
 
 /** A list-partitioned table `<schema>.measurements` with partitions eu and us, captured. */
 async function partitioned(schema: string, options = ""): Promise<void> {

@@ -6,21 +6,14 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { capturedEvents, type CapturedEventRow } from "./capturedEvents.js";
 import { useTestDatabase } from "./harness.js";
 
 const db = useTestDatabase();
 
-interface EventRow {
-  op: string;
-  topic: string;
-  key: Record<string, unknown>;
-  payload: { new: Record<string, unknown> | null; old: Record<string, unknown> | null; changed?: string[] };
-}
+type EventRow = CapturedEventRow;
 
-async function eventsOf(schema: string): Promise<EventRow[]> {
-  return db.sql<EventRow[]>`
-    select op, topic, key, payload from outbox.events where schema_name = ${schema} order by position`;
-}
+const eventsOf = (schema: string) => capturedEvents(db.sql, schema);
 
 async function capture(schema: string, table = "t") {
   const [row] = await db.sql<

@@ -6,12 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { capturedEvents, type CapturedEventRow } from "./capturedEvents.js";
+import { capturedEvents } from "./capturedEvents.js";
 import { useTestDatabase } from "./harness.js";
 
 const db = useTestDatabase();
-
-type EventRow = CapturedEventRow;
 
 const eventsOf = (schema: string) => capturedEvents(db.sql, schema);
 

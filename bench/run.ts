@@ -4,6 +4,8 @@
  *   npm run bench                  full run (about 3 minutes)
  *   npm run bench -- --quick       short run for CI (about 20 s): same cases, noisier
  *   npm run bench -- --seconds 20  longer single-row rounds
+ *   npm run bench -- --part delivery  delivery latency and throughput vs graphile-worker
+ *                                     (bench/delivery.ts; database outbox_bench_delivery)
  *
  * Uses DATABASE_URL's server when set, else an embedded PostgreSQL. It drops and recreates
  * the database `outbox_bench` there, migrates it, and writes the results to
@@ -20,6 +22,7 @@ import postgres from "postgres";
 import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embeddedPostgres.js";
 import { migrate } from "../src/db/migrate.js";
 import { runCapture, setupCapture, type CaptureOptions, type CaseResult } from "./capture.js";
+import { printDelivery, runDelivery } from "./delivery.js";
 
 const DATABASE = "outbox_bench";
 const resultsDir = new URL("./results/", import.meta.url);
@@ -31,6 +34,9 @@ const { values: args } = parseArgs({
     rounds: { type: "string" },
     reps: { type: "string" },
     driver: { type: "string" },
+    part: { type: "string", default: "capture" },
+    samples: { type: "string" },
+    events: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -40,7 +46,9 @@ if (args.help) {
   --seconds N   seconds per single-row round and variant (default 10)
   --rounds N    single-row rounds per variant, alternating (default 5)
   --reps N      timed repetitions of each 10,000-row statement (default 9)
-  --driver      pgbench (default when on PATH) or node (postgres.js, 4 connections)`);
+  --driver      pgbench (default when on PATH) or node (postgres.js, 4 connections)
+  --part        capture (default) or delivery (bench/delivery.ts: latency and throughput
+                against graphile-worker; --samples N latency samples (300), --events N (20000))`);
   process.exit(0);
 }
 
@@ -104,6 +112,10 @@ function printTable(cases: CaseResult[]): void {
 }
 
 const quick = args.quick ?? false;
+if (args.part !== "capture" && args.part !== "delivery") {
+  console.error(`--part must be capture or delivery, not ${JSON.stringify(args.part)}`);
+  process.exit(2);
+}
 const driver = args.driver ?? ((await hasPgbench()) ? "pgbench" : "node");
 if (driver !== "pgbench" && driver !== "node") {
   console.error(`--driver must be pgbench or node, not ${JSON.stringify(driver)}`);
@@ -119,6 +131,47 @@ if (!serverUrl) {
 }
 
 try {
+  if (args.part === "delivery") await deliveryPart(serverUrl);
+  else await capturePart(serverUrl);
+} finally {
+  await embedded?.stop();
+}
+
+async function deliveryPart(serverUrl: string): Promise<void> {
+  const options = {
+    samples: positive("samples", args.samples, 300),
+    warmup: 30,
+    intervalMs: 20,
+    events: positive("events", args.events, 20_000),
+    batch: 1000,
+  };
+  const started = new Date();
+  const loadAtStart = loadavg()[0]!;
+  if (loadAtStart > 1) console.error(`note: load average ${loadAtStart.toFixed(2)} before the run; expect noisier figures`);
+  const result = await runDelivery({ ...options, serverUrl, log: (l) => console.error(l) });
+  printDelivery(result);
+  const report = {
+    part: "delivery",
+    startedAt: started.toISOString(),
+    durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
+    options,
+    server: { embedded: embedded !== undefined },
+    git: await gitState(),
+    machine: {
+      cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryBytes: totalmem(), node: process.version,
+      loadAverage: { start: loadAtStart, end: loadavg()[0] },
+    },
+    ...result,
+  };
+  await mkdir(resultsDir, { recursive: true });
+  const stamp = started.toISOString().replace(/[:.]/g, "-");
+  const json = `${JSON.stringify(report, null, 2)}\n`;
+  await writeFile(new URL(`delivery-${stamp}.json`, resultsDir), json);
+  await writeFile(new URL("delivery-latest.json", resultsDir), json);
+  console.log(`\nwritten: bench/results/delivery-${stamp}.json and bench/results/delivery-latest.json`);
+}
+
+async function capturePart(serverUrl: string): Promise<void> {
   const admin = postgres(serverUrl, { max: 1, onnotice: () => undefined });
   await admin.unsafe(`drop database if exists ${DATABASE} with (force)`);
   await admin.unsafe(`create database ${DATABASE}`);
@@ -144,7 +197,7 @@ try {
     rounds: positive("rounds", args.rounds, quick ? 2 : 5),
     reps: positive("reps", args.reps, quick ? 3 : 9),
     clients: 4,
-    driver,
+    driver: driver as CaptureOptions["driver"], // validated above
   };
   console.error(`PostgreSQL ${server!.version} (fsync ${server!.fsync}, synchronous_commit ${server!.synchronous_commit}, shared_buffers ${server!.shared_buffers}, outbox rows ${server!.rows_compression}), ${cpus().length} cores`);
   // Other work on the machine moves absolute figures a lot and ratios somewhat: say so.
@@ -175,6 +228,4 @@ try {
   await writeFile(new URL(`capture-${stamp}.json`, resultsDir), json);
   await writeFile(new URL("latest.json", resultsDir), json);
   console.log(`\nwritten: bench/results/capture-${stamp}.json and bench/results/latest.json`);
-} finally {
-  await embedded?.stop();
 }

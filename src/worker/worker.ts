@@ -56,7 +56,7 @@ export interface OutboxWorker {
  * Starts a worker: one process's dispatcher candidate, deliverer, wake-up listener and
  * graphile-worker runner (cron maintenance and wake-up tasks). The hot path does not go
  * through graphile-worker jobs: a NOTIFY wakes the process and it dispatches and delivers
- * directly, which is how end-to-end latency stays below graphile-worker's own job hand-off.
+ * directly, without a job hand-off (measured by `npm run bench -- --part delivery`).
  */
 export async function startWorker(options: WorkerOptions): Promise<OutboxWorker> {
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;

@@ -1,0 +1,281 @@
+/**
+ * The delivery part of `npm run bench -- --part delivery`: how fast a committed write reaches a
+ * handler, against graphile-worker's own job hand-off in the same run on the same server.
+ *
+ * (a) latency: single-row autocommit INSERT into a captured table, one every `intervalMs`;
+ *     t0 right before sending the INSERT, t1 in the handler (outbox.handle + start() in this
+ *     process). Baseline: `select graphile_worker.add_job(...)` to a noop task starting
+ *     (run(), concurrency 1, default pollInterval).
+ * (b) throughput: `events` rows inserted as statements of `batch` rows while the worker runs,
+ *     first insert to last handler call. Baseline: as many pre-enqueued graphile-worker noop
+ *     jobs (add_jobs), concurrency 10 with localQueue, run() to last job done.
+ *
+ * Uses its own database `outbox_bench_delivery` (dropped and recreated).
+ */
+import { Logger, run, type Runner } from "graphile-worker";
+import postgres, { type Sql } from "postgres";
+import { migrate } from "../src/db/migrate.js";
+import { createOutbox } from "../src/outbox.js";
+
+export const DELIVERY_DATABASE = "outbox_bench_delivery";
+
+export interface DeliveryOptions {
+  /** Server URL (any database); the benchmark database is created next to it. */
+  serverUrl: string;
+  samples: number;
+  warmup: number;
+  intervalMs: number;
+  events: number;
+  batch: number;
+  log: (line: string) => void;
+}
+
+export interface Latency {
+  samples: number;
+  p50: number;
+  p99: number;
+  mean: number;
+  max: number;
+  /** Round trip of the INSERT / add_job statement itself (t0 to its reply). */
+  statementP50: number;
+  statementP99: number;
+}
+
+export interface DeliveryReport {
+  latency: { outbox: Latency; graphile: Latency; ratioP50: number; ratioP99: number };
+  throughput: {
+    outbox: { events: number; seconds: number; perSecond: number; insertSeconds: number };
+    graphile: { jobs: number; seconds: number; perSecond: number; enqueueSeconds: number; localQueue: number; concurrency: number };
+    ratio: number;
+  };
+}
+
+const silent = new Logger(() => () => undefined);
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
+}
+
+function withDatabase(url: string, database: string): string {
+  const parsed = new URL(url);
+  parsed.pathname = `/${database}`;
+  return parsed.toString();
+}
+
+/** Resolves when `n` arrivals have been recorded, or rejects after `ms`. */
+function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = performance.now() + ms;
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (cond()) resolve();
+      else if (performance.now() > deadline) reject(new Error(`timed out waiting for ${what}`));
+      else setTimeout(check, 5);
+    };
+    check();
+  });
+}
+
+/**
+ * Sends `warmup + samples` statements, one every `intervalMs`, each tagged with its index n;
+ * `arrived[n]` is filled in by the consumer. Returns latencies and statement round trips of
+ * the non-warm-up samples.
+ */
+async function paced(
+  opts: DeliveryOptions, arrived: number[], send: (n: number) => Promise<unknown>, what: string,
+): Promise<Latency> {
+  const total = opts.warmup + opts.samples;
+  const t0: number[] = [];
+  const rtt: number[] = [];
+  const start = performance.now();
+  for (let n = 0; n < total; n++) {
+    await sleep(start + n * opts.intervalMs - performance.now());
+    t0[n] = performance.now();
+    await send(n);
+    rtt[n] = performance.now() - t0[n]!;
+  }
+  await waitFor(() => arrived.filter((x) => x !== undefined).length >= total, 30_000, `${what} deliveries`);
+  const lat: number[] = [];
+  const stmt: number[] = [];
+  for (let n = opts.warmup; n < total; n++) {
+    lat.push(arrived[n]! - t0[n]!);
+    stmt.push(rtt[n]!);
+  }
+  const result: Latency = {
+    samples: lat.length,
+    p50: quantile(lat, 0.5),
+    p99: quantile(lat, 0.99),
+    mean: lat.reduce((a, b) => a + b, 0) / lat.length,
+    max: Math.max(...lat),
+    statementP50: quantile(stmt, 0.5),
+    statementP99: quantile(stmt, 0.99),
+  };
+  opts.log(`  ${what}: p50 ${result.p50.toFixed(2)} ms, p99 ${result.p99.toFixed(2)} ms (statement p50 ${result.statementP50.toFixed(2)} ms)`);
+  return result;
+}
+
+async function outboxPart(url: string, sql: Sql, client: Sql, opts: DeliveryOptions) {
+  await sql.unsafe(`
+    create table bench_latency (id bigserial primary key, n int not null, note text);
+    create table bench_tput (id bigserial primary key, n int not null, note text);`);
+  await sql`select outbox.enable_capture('bench_latency')`;
+  await sql`select outbox.enable_capture('bench_tput')`;
+
+  const arrived: number[] = [];
+  let delivered = 0;
+  let lastAt = 0;
+  const outbox = createOutbox({ connectionString: url });
+  outbox.handle("bench_latency_h", "public.bench_latency.insert", (event) => {
+    const t1 = performance.now();
+    const n = (event.new as { n: number }).n;
+    arrived[n] ??= t1;
+  });
+  outbox.handle("bench_tput_h", "public.bench_tput.insert", () => {
+    delivered++;
+    lastAt = performance.now();
+  });
+  const worker = await outbox.start();
+  try {
+    await sleep(500); // let the worker settle (subscriptions loaded, idle mark written)
+    opts.log(`outbox latency: ${opts.warmup} + ${opts.samples} single-row inserts, one every ${opts.intervalMs} ms`);
+    const latency = await paced(opts, arrived, (n) =>
+      client`insert into bench_latency (n, note) values (${n}, 'a short note about this order')`, "outbox");
+
+    opts.log(`outbox throughput: ${opts.events} events as ${opts.events / opts.batch} statements of ${opts.batch} rows`);
+    const start = performance.now();
+    for (let i = 0; i < opts.events; i += opts.batch) {
+      await client`insert into bench_tput (n, note)
+        select g, 'a short note about this order' from generate_series(${i + 1}::int, ${i + opts.batch}::int) g`;
+    }
+    const insertSeconds = (performance.now() - start) / 1000;
+    await waitFor(() => delivered >= opts.events, 600_000, "outbox throughput deliveries");
+    const seconds = (lastAt - start) / 1000;
+    const throughput = { events: delivered, seconds, perSecond: opts.events / seconds, insertSeconds };
+    opts.log(`  outbox: ${Math.round(throughput.perSecond)} events/s (${seconds.toFixed(2)} s; inserts took ${insertSeconds.toFixed(2)} s)`);
+    return { latency, throughput };
+  } finally {
+    await worker.stop();
+    await outbox.close();
+  }
+}
+
+async function graphilePart(url: string, sql: Sql, client: Sql, opts: DeliveryOptions) {
+  const arrived: number[] = [];
+  let runner: Runner = await run({
+    connectionString: url,
+    concurrency: 1,
+    noHandleSignals: true,
+    logger: silent,
+    taskList: {
+      bench_noop: async (payload) => {
+        const t1 = performance.now();
+        arrived[(payload as { n: number }).n] ??= t1;
+      },
+    },
+  });
+  let latency: Latency;
+  try {
+    await sleep(500);
+    opts.log(`graphile-worker latency: ${opts.warmup} + ${opts.samples} add_job calls, one every ${opts.intervalMs} ms`);
+    latency = await paced(opts, arrived, (n) =>
+      client`select graphile_worker.add_job('bench_noop', json_build_object('n', ${n}::int))`, "graphile-worker");
+  } finally {
+    await runner.stop();
+  }
+
+  const localQueue = 500;
+  const concurrency = 10;
+  opts.log(`graphile-worker throughput: ${opts.events} pre-enqueued noop jobs, concurrency ${concurrency}, localQueue ${localQueue}`);
+  const enqueueStart = performance.now();
+  await sql`select graphile_worker.add_jobs(array(
+    select json_populate_record(null::graphile_worker.job_spec,
+      json_build_object('identifier', 'bench_noop_tput', 'payload', json_build_object('n', g)))
+    from generate_series(1, ${opts.events}::int) g))`;
+  const enqueueSeconds = (performance.now() - enqueueStart) / 1000;
+  let done = 0;
+  let lastAt = 0;
+  const start = performance.now();
+  runner = await run({
+    connectionString: url,
+    concurrency,
+    maxPoolSize: concurrency + 2,
+    noHandleSignals: true,
+    logger: silent,
+    preset: { worker: { localQueue: { size: localQueue } } },
+    taskList: {
+      bench_noop_tput: async () => {
+        done++;
+        lastAt = performance.now();
+      },
+    },
+  });
+  try {
+    await waitFor(() => done >= opts.events, 600_000, "graphile-worker jobs");
+  } finally {
+    await runner.stop();
+  }
+  const seconds = (lastAt - start) / 1000;
+  const [{ left }] = await sql<{ left: number }[]>`select count(*)::int as left from graphile_worker.jobs where task_identifier like 'bench%'`;
+  if (left !== 0) opts.log(`  note: ${left} bench jobs left in graphile_worker.jobs`);
+  const throughput = { jobs: done, seconds, perSecond: opts.events / seconds, enqueueSeconds, localQueue, concurrency };
+  opts.log(`  graphile-worker: ${Math.round(throughput.perSecond)} jobs/s (${seconds.toFixed(2)} s; enqueue took ${enqueueSeconds.toFixed(2)} s)`);
+  return { latency, throughput };
+}
+
+/** Recreates the database, runs both parts and returns the report. */
+export async function runDelivery(opts: DeliveryOptions): Promise<DeliveryReport> {
+  const admin = postgres(opts.serverUrl, { max: 1, onnotice: () => undefined });
+  await admin.unsafe(`drop database if exists ${DELIVERY_DATABASE} with (force)`);
+  await admin.unsafe(`create database ${DELIVERY_DATABASE}`);
+  await admin.end();
+
+  const url = withDatabase(opts.serverUrl, DELIVERY_DATABASE);
+  const sql = postgres(url, { max: 2, onnotice: () => undefined });
+  // The writer: one connection, the application's side (synchronous commit, server default).
+  const client = postgres(url, { max: 1, onnotice: () => undefined });
+  try {
+    await migrate(sql);
+    await client`select 1`;
+    const ours = await outboxPart(url, sql, client, opts);
+    const theirs = await graphilePart(url, sql, client, opts);
+    return {
+      latency: {
+        outbox: ours.latency,
+        graphile: theirs.latency,
+        ratioP50: ours.latency.p50 / theirs.latency.p50,
+        ratioP99: ours.latency.p99 / theirs.latency.p99,
+      },
+      throughput: {
+        outbox: ours.throughput,
+        graphile: theirs.throughput,
+        ratio: ours.throughput.perSecond / theirs.throughput.perSecond,
+      },
+    };
+  } finally {
+    await client.end({ timeout: 5 });
+    await sql.end({ timeout: 5 });
+  }
+}
+
+export function printDelivery(r: DeliveryReport): void {
+  const f2 = (n: number) => n.toFixed(2);
+  const fi = (n: number) => Math.round(n).toLocaleString("en-US");
+  const { outbox: o, graphile: g } = r.latency;
+  const rows = [
+    ["latency p50 (ms)", f2(o.p50), f2(g.p50), f2(r.latency.ratioP50)],
+    ["latency p99 (ms)", f2(o.p99), f2(g.p99), f2(r.latency.ratioP99)],
+    ["latency max (ms)", f2(o.max), f2(g.max), f2(o.max / g.max)],
+    ["statement p50 (ms)", f2(o.statementP50), f2(g.statementP50), f2(o.statementP50 / g.statementP50)],
+    ["statement p99 (ms)", f2(o.statementP99), f2(g.statementP99), f2(o.statementP99 / g.statementP99)],
+    ["throughput (/s)", fi(r.throughput.outbox.perSecond), fi(r.throughput.graphile.perSecond), f2(r.throughput.ratio)],
+  ];
+  const header = ["measure", "pg-outbox", "graphile-worker", "ratio"];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
+  console.log(`\n${line(header)}\n${widths.map((w) => "-".repeat(w)).join("  ")}`);
+  for (const row of rows) console.log(line(row));
+  console.log(`\nlatency: t0 before sending the autocommit INSERT (pg-outbox) or add_job (graphile-worker), t1 in the handler/task; ${o.samples} samples`);
+  console.log("statement: the INSERT / add_job round trip alone; ratio: pg-outbox / graphile-worker (lower is better for latency, higher for throughput)");
+  console.log(`throughput: pg-outbox first insert to last handler call (${fi(r.throughput.outbox.events)} events); graphile-worker run() to last job (concurrency ${r.throughput.graphile.concurrency}, localQueue ${r.throughput.graphile.localQueue}, pre-enqueued)`);
+}

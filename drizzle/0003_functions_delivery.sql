@@ -683,6 +683,22 @@ $$;
 -- outbox.events: the public view of events, one row per event, with the envelope assembled
 -- from the raw facts the write path stored (see 020_capture_trigger.sql).
 
+-- The new and old row images of one stored image: an insert stores the new row, a delete the
+-- old one, an update the pair [old, new]. Inlined by the planner.
+create or replace function outbox._event_new(p_op text, p_image json)
+returns jsonb
+language sql immutable parallel safe
+as $$
+  select case p_op when 'insert' then p_image::jsonb when 'update' then (p_image -> 1)::jsonb end
+$$;
+
+create or replace function outbox._event_old(p_op text, p_image json)
+returns jsonb
+language sql immutable parallel safe
+as $$
+  select case p_op when 'delete' then p_image::jsonb when 'update' then (p_image -> 0)::jsonb end
+$$;
+
 -- schema.table.op for captured changes, the emitted topic otherwise.
 create or replace function outbox._event_topic(p_event outbox._events)
 returns text
@@ -721,11 +737,7 @@ returns jsonb
 language sql stable parallel safe
 as $$
   with images as (
-    select
-      case p_event.op when 'insert' then p_image::jsonb
-                      when 'update' then (p_image -> 1)::jsonb end as new_row,
-      case p_event.op when 'delete' then p_image::jsonb
-                      when 'update' then (p_image -> 0)::jsonb end as old_row
+    select outbox._event_new(p_event.op, p_image) as new_row, outbox._event_old(p_event.op, p_image) as old_row
   )
   select
     jsonb_build_object(
@@ -755,6 +767,20 @@ as $$
   from images i
 $$;
 
+-- The envelopes of the events at the given positions, each `_events` row expanded once.
+-- Used wherever deliveries go out (claims, and dispatch's own claims).
+create or replace function outbox._event_envelopes(p_positions bigint[])
+returns table (event_position bigint, payload text)
+language sql stable
+as $$
+  with wanted as (select distinct p as pos from unnest(p_positions) p)
+  select w.pos, outbox._envelope(e, i.image, w.pos)::text
+  from outbox._events e
+  cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
+  join wanted w on w.pos = (e.id << 16) + i.ord - 1
+  where e.id in (select w2.pos >> 16 from wanted w2)
+$$;
+
 create or replace view outbox.events as
 select
   outbox._event_uuid(e.created_at, (e.id << 16) + i.ord - 1) as id,
@@ -764,12 +790,10 @@ select
   e.schema_name,
   e.table_name,
   outbox._event_key(e,
-    case e.op when 'insert' then i.image::jsonb when 'update' then (i.image -> 1)::jsonb end,
-    case e.op when 'delete' then i.image::jsonb when 'update' then (i.image -> 0)::jsonb end) as key,
+    outbox._event_new(e.op, i.image), outbox._event_old(e.op, i.image)) as key,
   outbox._envelope(e, i.image, (e.id << 16) + i.ord - 1) as payload,
   outbox._event_tenant(e,
-    case e.op when 'insert' then i.image::jsonb when 'update' then (i.image -> 1)::jsonb end,
-    case e.op when 'delete' then i.image::jsonb when 'update' then (i.image -> 0)::jsonb end) as tenant,
+    outbox._event_new(e.op, i.image), outbox._event_old(e.op, i.image)) as tenant,
   e.xid,
   e.created_at
 from outbox._events e
@@ -1030,8 +1054,8 @@ as $$
   ),
   images as (
     select ev.*,
-      case (ev.event).op when 'insert' then ev.image::jsonb when 'update' then (ev.image -> 1)::jsonb end as new_row,
-      case (ev.event).op when 'delete' then ev.image::jsonb when 'update' then (ev.image -> 0)::jsonb end as old_row
+      outbox._event_new((ev.event).op, ev.image) as new_row,
+      outbox._event_old((ev.event).op, ev.image) as old_row
     from events ev
   )
   select
@@ -1165,16 +1189,10 @@ begin
   end if;
 
   return query
-  with images as (
-    select e as event, e.id, i.ord - 1 as idx, i.image
-    from outbox._events e
-    cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
-    where e.id = any(v_ids)
-  )
-  select v_events, v_deliveries, v_new_last, d.id, d.subscription, d.event_id, d.event_position,
-         outbox._envelope(im.event, im.image, d.event_position)::text
+  select v_events, v_deliveries, v_new_last, d.id, d.subscription, d.event_id, d.event_position, env.payload
   from outbox.deliveries d
-  join images im on im.id = d.event_position >> 16 and im.idx = (d.event_position & 65535)
+  join outbox._event_envelopes(array(select c.event_position from outbox.deliveries c where c.id = any(v_claimed))) env
+    on env.event_position = d.event_position
   where d.id = any(v_claimed)
   order by d.event_position;
 end
@@ -1237,17 +1255,11 @@ begin
     from due
     where d.id = due.id
     returning d.id, d.attempts, d.event_id, d.event_position
-  ),
-  images as (
-    select e as event, e.id, i.ord - 1 as idx, i.image
-    from outbox._events e
-    cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
-    where e.id in (select c.event_position >> 16 from claimed c)
   )
-  select c.id, c.attempts, c.event_id, c.event_position,
-         outbox._envelope(im.event, im.image, c.event_position)::text
+  select c.id, c.attempts, c.event_id, c.event_position, env.payload
   from claimed c
-  join images im on im.id = c.event_position >> 16 and im.idx = (c.event_position & 65535)
+  join outbox._event_envelopes(array(select c2.event_position from claimed c2)) env
+    on env.event_position = c.event_position
   order by c.event_position;
 end
 $$;

@@ -1,6 +1,22 @@
 -- outbox.events: the public view of events, one row per event, with the envelope assembled
 -- from the raw facts the write path stored (see 020_capture_trigger.sql).
 
+-- The new and old row images of one stored image: an insert stores the new row, a delete the
+-- old one, an update the pair [old, new]. Inlined by the planner.
+create or replace function outbox._event_new(p_op text, p_image json)
+returns jsonb
+language sql immutable parallel safe
+as $$
+  select case p_op when 'insert' then p_image::jsonb when 'update' then (p_image -> 1)::jsonb end
+$$;
+
+create or replace function outbox._event_old(p_op text, p_image json)
+returns jsonb
+language sql immutable parallel safe
+as $$
+  select case p_op when 'delete' then p_image::jsonb when 'update' then (p_image -> 0)::jsonb end
+$$;
+
 -- schema.table.op for captured changes, the emitted topic otherwise.
 create or replace function outbox._event_topic(p_event outbox._events)
 returns text
@@ -39,11 +55,7 @@ returns jsonb
 language sql stable parallel safe
 as $$
   with images as (
-    select
-      case p_event.op when 'insert' then p_image::jsonb
-                      when 'update' then (p_image -> 1)::jsonb end as new_row,
-      case p_event.op when 'delete' then p_image::jsonb
-                      when 'update' then (p_image -> 0)::jsonb end as old_row
+    select outbox._event_new(p_event.op, p_image) as new_row, outbox._event_old(p_event.op, p_image) as old_row
   )
   select
     jsonb_build_object(
@@ -73,6 +85,20 @@ as $$
   from images i
 $$;
 
+-- The envelopes of the events at the given positions, each `_events` row expanded once.
+-- Used wherever deliveries go out (claims, and dispatch's own claims).
+create or replace function outbox._event_envelopes(p_positions bigint[])
+returns table (event_position bigint, payload text)
+language sql stable
+as $$
+  with wanted as (select distinct p as pos from unnest(p_positions) p)
+  select w.pos, outbox._envelope(e, i.image, w.pos)::text
+  from outbox._events e
+  cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
+  join wanted w on w.pos = (e.id << 16) + i.ord - 1
+  where e.id in (select w2.pos >> 16 from wanted w2)
+$$;
+
 create or replace view outbox.events as
 select
   outbox._event_uuid(e.created_at, (e.id << 16) + i.ord - 1) as id,
@@ -82,12 +108,10 @@ select
   e.schema_name,
   e.table_name,
   outbox._event_key(e,
-    case e.op when 'insert' then i.image::jsonb when 'update' then (i.image -> 1)::jsonb end,
-    case e.op when 'delete' then i.image::jsonb when 'update' then (i.image -> 0)::jsonb end) as key,
+    outbox._event_new(e.op, i.image), outbox._event_old(e.op, i.image)) as key,
   outbox._envelope(e, i.image, (e.id << 16) + i.ord - 1) as payload,
   outbox._event_tenant(e,
-    case e.op when 'insert' then i.image::jsonb when 'update' then (i.image -> 1)::jsonb end,
-    case e.op when 'delete' then i.image::jsonb when 'update' then (i.image -> 0)::jsonb end) as tenant,
+    outbox._event_new(e.op, i.image), outbox._event_old(e.op, i.image)) as tenant,
   e.xid,
   e.created_at
 from outbox._events e

@@ -21,8 +21,8 @@ as $$
   ),
   images as (
     select ev.*,
-      case (ev.event).op when 'insert' then ev.image::jsonb when 'update' then (ev.image -> 1)::jsonb end as new_row,
-      case (ev.event).op when 'delete' then ev.image::jsonb when 'update' then (ev.image -> 0)::jsonb end as old_row
+      outbox._event_new((ev.event).op, ev.image) as new_row,
+      outbox._event_old((ev.event).op, ev.image) as old_row
     from events ev
   )
   select
@@ -156,16 +156,10 @@ begin
   end if;
 
   return query
-  with images as (
-    select e as event, e.id, i.ord - 1 as idx, i.image
-    from outbox._events e
-    cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
-    where e.id = any(v_ids)
-  )
-  select v_events, v_deliveries, v_new_last, d.id, d.subscription, d.event_id, d.event_position,
-         outbox._envelope(im.event, im.image, d.event_position)::text
+  select v_events, v_deliveries, v_new_last, d.id, d.subscription, d.event_id, d.event_position, env.payload
   from outbox.deliveries d
-  join images im on im.id = d.event_position >> 16 and im.idx = (d.event_position & 65535)
+  join outbox._event_envelopes(array(select c.event_position from outbox.deliveries c where c.id = any(v_claimed))) env
+    on env.event_position = d.event_position
   where d.id = any(v_claimed)
   order by d.event_position;
 end

@@ -54,17 +54,11 @@ begin
     from due
     where d.id = due.id
     returning d.id, d.attempts, d.event_id, d.event_position
-  ),
-  images as (
-    select e as event, e.id, i.ord - 1 as idx, i.image
-    from outbox._events e
-    cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
-    where e.id in (select c.event_position >> 16 from claimed c)
   )
-  select c.id, c.attempts, c.event_id, c.event_position,
-         outbox._envelope(im.event, im.image, c.event_position)::text
+  select c.id, c.attempts, c.event_id, c.event_position, env.payload
   from claimed c
-  join images im on im.id = c.event_position >> 16 and im.idx = (c.event_position & 65535)
+  join outbox._event_envelopes(array(select c2.event_position from claimed c2)) env
+    on env.event_position = c.event_position
   order by c.event_position;
 end
 $$;

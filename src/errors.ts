@@ -79,14 +79,3 @@ export function wrapDatabaseError(error: unknown, doing: string): OutboxError {
   const code = state && inputStates.has(state) ? "invalid_input" : "database_error";
   return new OutboxError(code, `${doing}: ${pgMessage}${hint}`, { cause: error, ...(state ? { sqlState: state } : {}) });
 }
-
-/** A connection string with its password replaced, safe for logs and messages. */
-export function redactConnectionString(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = "***";
-    return parsed.toString();
-  } catch {
-    return url.replace(/:\/\/([^:@/]+):[^@/]*@/, "://$1:***@");
-  }
-}

@@ -52,15 +52,6 @@ export async function deliveryRecoverExpired(sql: Sql): Promise<number> {
   return row?.n ?? 0;
 }
 
-/** The earliest time a retrying delivery of the given subscriptions becomes due, if any. */
-export async function deliveryNextDueAt(sql: Sql, subscriptions: string[]): Promise<Date | null> {
-  if (subscriptions.length === 0) return null;
-  const [row] = await sql<{ at: Date | null }[]>`
-    select min(next_attempt_at) as at from outbox.deliveries
-    where subscription = any(${subscriptions}::text[]) and status in ('pending', 'retrying')`;
-  return row?.at ?? null;
-}
-
 /** Hands back the deliveries a stopping worker still holds; returns how many. */
 export async function deliveryReleaseHeld(sql: Sql, worker: string): Promise<number> {
   const [row] = await sql<{ n: number }[]>`select outbox._delivery_release(${worker}) as n`;

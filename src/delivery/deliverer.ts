@@ -167,7 +167,6 @@ export class Deliverer {
       }
     });
     this.inFlight.set(sub.name, (this.inFlight.get(sub.name) ?? 0) - attempts.length);
-    this.repump.add(sub.name);
     this.scheduleFlush();
   }
 

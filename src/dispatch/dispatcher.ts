@@ -53,11 +53,6 @@ export class Dispatcher {
     });
   }
 
-  /** Whether this process is the dispatcher right now. */
-  get isDispatcher(): boolean {
-    return this.holding;
-  }
-
   /**
    * Runs rounds until caught up, if this process holds or can take the dispatcher role.
    * Deliveries a round wrote already claimed for this worker go to `onClaimed` at once.

@@ -1114,6 +1114,7 @@ declare
   v_events int;
   v_deliveries int;
   v_claimed bigint[];
+  v_claimed_positions bigint[];
 begin
   select * into v_state from outbox._dispatch_state s where s.id = 1 for update;
   if not found then
@@ -1163,10 +1164,11 @@ begin
     from matches m
     order by m.event_position
     on conflict (event_position, subscription) do nothing
-    returning outbox.deliveries.id, outbox.deliveries.status
+    returning outbox.deliveries.id, outbox.deliveries.status, outbox.deliveries.event_position
   )
-  select count(*)::int, array_agg(i.id) filter (where i.status = 'delivering')
-  into v_deliveries, v_claimed
+  select count(*)::int, array_agg(i.id) filter (where i.status = 'delivering'),
+         array_agg(i.event_position) filter (where i.status = 'delivering')
+  into v_deliveries, v_claimed, v_claimed_positions
   from inserted i;
 
   -- Other processes may be idle: new deliveries are theirs to claim too.
@@ -1191,7 +1193,7 @@ begin
   return query
   select v_events, v_deliveries, v_new_last, d.id, d.subscription, d.event_id, d.event_position, env.payload
   from outbox.deliveries d
-  join outbox._event_envelopes(array(select c.event_position from outbox.deliveries c where c.id = any(v_claimed))) env
+  join outbox._event_envelopes(v_claimed_positions) env
     on env.event_position = d.event_position
   where d.id = any(v_claimed)
   order by d.event_position;

@@ -15,7 +15,9 @@ import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embeddedPo
 import { migrate } from "../src/db/migrate.js";
 import { databaseUrlFor } from "../test/harness.js";
 
-const TEMPLATE = "outbox_test_template";
+// One template per run, so two test runs on one server (two checkouts, a developer and CI)
+// do not drop each other's template.
+const TEMPLATE = `outbox_test_template_${process.pid}`;
 
 let embedded: EmbeddedServer | undefined;
 let url = process.env.DATABASE_URL;
@@ -50,6 +52,11 @@ try {
     child.on("exit", (code, signal) => resolve(code ?? (signal ? 1 : 0)));
   });
 } finally {
+  if (!embedded) {
+    const admin = postgres(url, { max: 1, onnotice: () => undefined });
+    await admin.unsafe(`drop database if exists ${TEMPLATE} with (force)`).catch(() => undefined);
+    await admin.end();
+  }
   await embedded?.stop();
 }
 process.exit(exitCode);

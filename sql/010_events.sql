@@ -8,12 +8,14 @@
 -- (48 bits of Unix milliseconds, then the position in the 74 "random" bits). It is therefore
 -- stable across attempts and reads, time-ordered, costs nothing on the write path (no
 -- gen_random_uuid, no uuid index) and can be turned back into the position.
+-- (`at time zone 'UTC'` keeps the body immutable, as declared, so the planner inlines it:
+-- extract() from a timestamptz is only stable.)
 create or replace function outbox._event_uuid(p_time timestamptz, p_position bigint)
 returns uuid
 language sql immutable strict parallel safe
 as $$
   select (
-    lpad(to_hex(floor(extract(epoch from p_time) * 1000)::bigint), 12, '0')
+    lpad(to_hex(floor(extract(epoch from p_time at time zone 'UTC') * 1000)::bigint), 12, '0')
     || '7'
     || lpad(to_hex((p_position >> 62) & 1), 3, '0')
     || to_hex((p_position & 4611686018427387903) | (-9223372036854775807 - 1))

@@ -27,21 +27,34 @@ as $$
   select ('.' || topic) ~ outbox._pattern_regex(pattern)
 $$;
 
+-- `allow_private` was accepted in webhook configs up to 0.1 and never had an effect; the
+-- worker option `webhooks.allowPrivateNetworks` decides instead (a per-subscription override
+-- would let whoever writes subscriptions lift it). Dropped from existing rows before the
+-- check below starts refusing it.
+update outbox.subscriptions set config = config - 'allow_private'
+where kind = 'webhook' and config ? 'allow_private';
+
 -- What is wrong with a subscription's config for its kind, or null. The TypeScript side
--- validates the same shapes with zod (src/transports/*); this guards rows written by hand.
+-- validates the same shapes with zod (src/transports/notify.ts, src/transports/webhookConfig.ts);
+-- this guards rows written by hand. Keep the two in step: test/webhook.config.test.ts runs
+-- one table of configs through both.
 create or replace function outbox._subscription_config_problem(p_kind text, p_config jsonb)
 returns text
 language plpgsql immutable
 as $$
 declare
   v_key text;
+  v_value jsonb;
   v_allowed text[];
+  v_url text;
+  v_reserved constant text[] := '{host,content-length,content-type,content-encoding,transfer-encoding,connection,keep-alive,upgrade,te,trailer,expect,proxy-authorization,proxy-connection}';
+  v_secret constant text := 'whsec_[A-Za-z0-9+/]{16,}={0,2}';
 begin
   if jsonb_typeof(p_config) <> 'object' then
     return 'config must be a JSON object';
   end if;
   v_allowed := case p_kind
-    when 'webhook' then '{url,secret,headers,timeout_ms,batch_size,concurrency,allow_private}'
+    when 'webhook' then '{url,secret,headers,timeout_ms,batch_size,concurrency}'
     when 'notify' then '{channel,concurrency}'
     when 'handler' then '{concurrency}'
   end;
@@ -55,29 +68,57 @@ begin
     return 'config.concurrency must be a whole number from 1 to 10000';
   end if;
   if p_kind = 'webhook' then
-    if jsonb_typeof(p_config -> 'url') is distinct from 'string'
-       or (p_config ->> 'url') !~ '^https?://[^/?#\s]+' then
+    v_url := case when jsonb_typeof(p_config -> 'url') = 'string' then p_config ->> 'url' end;
+    if v_url ~ '^https?://[^/?#\s]*@' then
+      return 'config.url must not carry user:password@; send credentials in config.headers (e.g. Authorization)';
+    end if;
+    -- A host without characters URLs forbid there, or a bracketed IPv6 literal; a port up to 65535.
+    if v_url is null
+       or v_url !~ '^https?://([^]\s/?#@:<>\\^|%[]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#]\S*)?$'
+       or coalesce(substring(v_url from '^https?://(?:\[[^]]*\]|[^/?#:]*):([0-9]{1,5})')::int, 0) > 65535 then
       return 'config.url must be an http:// or https:// URL';
     end if;
     if p_config ? 'secret' and (jsonb_typeof(p_config -> 'secret') <> 'string'
-       or (p_config ->> 'secret') !~ '^whsec_[A-Za-z0-9+/=]{16,}$') then
-      return 'config.secret must be a string whsec_<base64> (at least 16 base64 characters)';
+       or (p_config ->> 'secret') !~ ('^' || v_secret || '( ' || v_secret || ')*$')) then
+      return 'config.secret must be a string whsec_<base64> (at least 16 base64 characters), or several separated by single spaces';
     end if;
-    if p_config ? 'headers' and (jsonb_typeof(p_config -> 'headers') <> 'object'
-       or exists (select from jsonb_each(p_config -> 'headers') h where jsonb_typeof(h.value) <> 'string')) then
-      return 'config.headers must be an object of string values';
+    if p_config ? 'headers' then
+      if jsonb_typeof(p_config -> 'headers') <> 'object' then
+        return 'config.headers must be an object of string values';
+      end if;
+      if (select count(*) from jsonb_object_keys(p_config -> 'headers')) > 50 then
+        return 'config.headers must have at most 50 headers';
+      end if;
+      for v_key, v_value in select h.key, h.value from jsonb_each(p_config -> 'headers') h loop
+        if v_key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' then
+          return format('config.headers: header name %s is not a valid HTTP header name', to_json(v_key));
+        end if;
+        if lower(v_key) = any(v_reserved) or lower(v_key) like 'webhook-%' then
+          return format('config.headers: header %s is set by pg-outbox and cannot be overridden (reserved: %s, webhook-*)',
+            v_key, array_to_string(v_reserved, ', '));
+        end if;
+        if jsonb_typeof(v_value) <> 'string' then
+          return format('config.headers: header %s must be a string', v_key);
+        end if;
+        if length(v_value #>> '{}') > 8192 or (v_value #>> '{}') ~ '[\x01-\x08\x0a-\x1f\x7f]' then
+          return format('config.headers: header %s must be at most 8192 characters without line breaks or control characters', v_key);
+        end if;
+      end loop;
+      select max(k) into v_key from jsonb_object_keys(p_config -> 'headers') k
+      group by lower(k) having count(*) > 1 limit 1;
+      if found then
+        return format('config.headers: header %s appears twice (header names are case-insensitive)', v_key);
+      end if;
     end if;
     if p_config ? 'timeout_ms' and not (jsonb_typeof(p_config -> 'timeout_ms') = 'number'
-       and (p_config ->> 'timeout_ms')::numeric between 100 and 300000) then
-      return 'config.timeout_ms must be a number from 100 to 300000';
+       and (p_config ->> 'timeout_ms')::numeric between 100 and 300000
+       and (p_config ->> 'timeout_ms')::numeric = trunc((p_config ->> 'timeout_ms')::numeric)) then
+      return 'config.timeout_ms must be a whole number from 100 to 300000';
     end if;
     if p_config ? 'batch_size' and not (jsonb_typeof(p_config -> 'batch_size') = 'number'
        and (p_config ->> 'batch_size')::numeric between 1 and 1000
        and (p_config ->> 'batch_size')::numeric = trunc((p_config ->> 'batch_size')::numeric)) then
       return 'config.batch_size must be a whole number from 1 to 1000';
-    end if;
-    if p_config ? 'allow_private' and jsonb_typeof(p_config -> 'allow_private') <> 'boolean' then
-      return 'config.allow_private must be true or false';
     end if;
   elsif p_kind = 'notify' then
     if jsonb_typeof(p_config -> 'channel') is distinct from 'string'
@@ -120,6 +161,10 @@ begin
     -- Re-activating by hand (`set active = true`) clears the reason it was switched off.
     if new.active and not old.active and new.disabled_reason is not distinct from old.disabled_reason then
       new.disabled_reason := null;
+    end if;
+    -- Re-activated or re-configured: the endpoint gets a fresh start on the failing clock.
+    if (new.active and not old.active) or new.config is distinct from old.config then
+      delete from outbox._subscription_health h where h.subscription = old.name;
     end if;
   end if;
   return new;

@@ -42,7 +42,8 @@ begin
 end
 $$;
 
--- Per subscription: what is in line, what failed, what went out in the last hour.
+-- Per subscription: what is in line, what failed, what went out in the last hour, and since
+-- when its endpoint has failed without a success (webhooks; null while it is healthy).
 create or replace view outbox.subscription_status as
 select
   s.name as subscription,
@@ -56,8 +57,11 @@ select
   coalesce(c.dead, 0) as dead,
   coalesce(c.delivered_last_hour, 0) as delivered_last_hour,
   c.oldest_pending_at,
-  extract(epoch from now() - c.oldest_pending_at) as oldest_pending_age_seconds
+  extract(epoch from now() - c.oldest_pending_at) as oldest_pending_age_seconds,
+  h.failing_since,
+  h.last_success_at
 from outbox.subscriptions s
+left join outbox._subscription_health h on h.subscription = s.name
 left join lateral (
   select
     count(*) filter (where d.status = 'pending') as pending,

@@ -11,7 +11,8 @@ export type OutboxErrorCode =
   | "migration_failed"
   | "invalid_input"
   | "not_found"
-  | "database_error";
+  | "database_error"
+  | "address_refused";
 
 /** Base class of all errors thrown by pg-outbox. */
 export class OutboxError extends Error {
@@ -33,6 +34,18 @@ export class ConfigError extends OutboxError {
   constructor(message: string, options?: { cause?: unknown }) {
     super("config_invalid", message, options);
     this.name = "ConfigError";
+  }
+}
+
+/**
+ * A webhook's host is, or resolves to, an address the worker's address policy refuses
+ * (link-local, cloud metadata, or private when private networks are not allowed). The
+ * delivery goes `dead` with this message.
+ */
+export class AddressRefusedError extends OutboxError {
+  constructor(message: string) {
+    super("address_refused", message);
+    this.name = "AddressRefusedError";
   }
 }
 

@@ -6,6 +6,7 @@ import { eventEmit, eventListAfter, type EventRow, type Queryable } from "./db/e
 import { migrate } from "./db/migrate.js";
 import { statusRead, type OutboxStatus } from "./db/status.js";
 import { subscriptionDelete, subscriptionUpsert, type SubscriptionInput } from "./db/subscriptions.js";
+import { DEFAULT_DEACTIVATE_AFTER_FAILING_MS } from "./transports/endpointHealth.js";
 import { HandlerTransport, type EventHandler } from "./transports/handler.js";
 import { startWorker, type OutboxWorker } from "./worker/worker.js";
 import { ConfigError } from "./errors.js";
@@ -27,6 +28,12 @@ const optionsSchema = z
         drainTimeoutMs: z.number().int().min(0).max(600_000).default(10_000),
         retentionMs: z.number().int().min(60_000).default(7 * 86_400_000),
         deadRetentionMs: z.number().int().min(60_000).default(30 * 86_400_000),
+      })
+      .prefault({}),
+    webhooks: z
+      .strictObject({
+        allowPrivateNetworks: z.boolean().default(true),
+        deactivateAfterFailingMs: z.number().int().min(0).default(DEFAULT_DEACTIVATE_AFTER_FAILING_MS),
       })
       .prefault({}),
   })
@@ -62,6 +69,21 @@ export interface OutboxOptions {
     retentionMs?: number;
     /** Dead deliveries are kept this long; default 30 days. */
     deadRetentionMs?: number;
+  };
+  /** Webhook delivery settings of workers started by `start()`. */
+  webhooks?: {
+    /**
+     * Whether webhooks may target loopback and private addresses (127/8, ::1, 10/8,
+     * 172.16/12, 192.168/16, 100.64/10, fc00::/7); default true. Set false where people you
+     * do not trust write subscriptions. Link-local and cloud metadata addresses
+     * (169.254.0.0/16, fe80::/10, fd00:ec2::254) are refused either way.
+     */
+    allowPrivateNetworks?: boolean;
+    /**
+     * A webhook endpoint that has failed without a single success for this long is
+     * deactivated (`disabled_reason` says why); 0 never deactivates. Default 3 days.
+     */
+    deactivateAfterFailingMs?: number;
   };
 }
 
@@ -158,7 +180,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
     async start() {
       const connectionString = config.connectionString ?? connectionStringOf(sql);
       for (const row of handlerRows) await subscriptionUpsert(sql, row);
-      return startWorker({ connectionString, logger: config.logger ?? silentLogger(), handlers, ...config.worker });
+      return startWorker({ connectionString, logger: config.logger ?? silentLogger(), handlers, ...config.worker, webhooks: config.webhooks });
     },
     async close() {
       if (owned) await sql.end({ timeout: 5 });

@@ -177,3 +177,19 @@ export const workers = outboxSchema.table("_workers", {
   startedAt: timestamp("started_at", { withTimezone: true }).notNull().defaultNow(),
   handlers: text("handlers").array().notNull().default(sql`'{}'`),
 });
+
+/**
+ * Endpoint health per subscription (webhooks): since when its endpoint has failed without a
+ * success. Workers write it when their view changes, at most about once a second per
+ * subscription; a subscription failing for longer than the worker's
+ * `webhooks.deactivateAfterFailingMs` is deactivated. Re-activating or re-configuring a
+ * subscription deletes its row (a fresh start).
+ */
+export const subscriptionHealth = outboxSchema.table("_subscription_health", {
+  subscription: text("subscription")
+    .primaryKey()
+    .references(() => subscriptions.name, { onDelete: "cascade", onUpdate: "cascade" }),
+  failingSince: timestamp("failing_since", { withTimezone: true }),
+  lastSuccessAt: timestamp("last_success_at", { withTimezone: true }),
+  lastFailureAt: timestamp("last_failure_at", { withTimezone: true }),
+});

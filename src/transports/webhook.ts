@@ -1,65 +1,117 @@
-import { createHmac } from "node:crypto";
-import { Agent, request } from "undici";
-import { z } from "zod";
+/**
+ * The `webhook` kind: signed POSTs (Standard Webhooks) over a keep-alive pool per origin, with
+ * a timeout that aborts, a bounded response read, an address policy checked on the address
+ * actually dialled, and deactivation of endpoints that answer 410 or keep failing.
+ */
+import { createHash, createHmac } from "node:crypto";
+import { Agent, buildConnector, request } from "undici";
+import { describeIssues } from "../config.js";
+import { AddressRefusedError } from "../errors.js";
+import { AddressPolicy, type AddressPolicyOptions } from "./addressPolicy.js";
+import { DEFAULT_DEACTIVATE_AFTER_FAILING_MS, EndpointHealth } from "./endpointHealth.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport, TransportContext } from "./transport.js";
 import { errorText } from "./transport.js";
+import { DEFAULT_TIMEOUT_MS, webhookConfigSchema } from "./webhookConfig.js";
+import { redact, webhookOutcome } from "./webhookOutcome.js";
 
-/** Config of a `webhook` subscription (the SQL trigger checks the same shape). */
-export const webhookConfigSchema = z.strictObject({
-  /** http:// or https:// endpoint. */
-  url: z.string().url().refine((u) => /^https?:\/\//.test(u), "must be http:// or https://"),
-  /** Standard Webhooks secret `whsec_<base64>`; several, space-separated, during rotation. Default: unsigned. */
-  secret: z.string().regex(/^whsec_[A-Za-z0-9+/=]{16,}( whsec_[A-Za-z0-9+/=]{16,})*$/).optional(),
-  /** Extra request headers; default none. */
-  headers: z.record(z.string(), z.string()).optional(),
-  /** Per-request timeout; default 10000 ms. */
-  timeout_ms: z.number().min(100).max(300_000).optional(),
-  /** Events per request: 1 sends the envelope, more send a JSON array; default 1. */
-  batch_size: z.number().int().min(1).max(1000).optional(),
-  /** Requests in flight across all workers; default unlimited (this worker's limit applies). */
-  concurrency: z.number().int().min(1).max(10_000).optional(),
-  /** Allow private addresses even when the worker refuses them; default false. */
-  allow_private: z.boolean().optional(),
-});
-export type WebhookConfig = z.infer<typeof webhookConfigSchema>;
+export { webhookConfigSchema, type WebhookConfig } from "./webhookConfig.js";
 
-const MAX_RESPONSE_BYTES = 64 * 1024;
-
-/** Standard Webhooks signature header value: `v1,<base64 HMAC-SHA256 of id.timestamp.body>` per secret. */
-export function webhookSignature(secrets: string, id: string, timestamp: number, body: string): string {
-  return secrets
-    .split(" ")
-    .map((secret) => {
-      const key = Buffer.from(secret.replace(/^whsec_/, ""), "base64");
-      return `v1,${createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64")}`;
-    })
-    .join(" ");
+/** Options of the {@link WebhookTransport} (createOutbox's `webhooks` option). */
+export interface WebhookTransportOptions extends AddressPolicyOptions {
+  /**
+   * An endpoint that has failed without a single success for this long is deactivated, with
+   * `disabled_reason` saying so; 0 never deactivates. Default 3 days (259200000 ms).
+   */
+  deactivateAfterFailingMs?: number;
+  /** Connections per origin in this worker; default 256. */
+  connectionsPerOrigin?: number;
 }
 
-/** A Retry-After header (seconds or HTTP date) in ms, capped at one hour. */
-export function retryAfterMs(header: string | string[] | undefined, now = Date.now()): number | undefined {
-  const value = Array.isArray(header) ? header[0] : header;
-  if (!value) return undefined;
-  const seconds = Number(value);
-  const ms = Number.isFinite(seconds) ? seconds * 1000 : Date.parse(value) - now;
-  if (!Number.isFinite(ms)) return undefined;
-  return Math.min(Math.max(0, ms), 3_600_000);
+/** Most of a response body that is read (the rest is dropped with the connection). */
+const MAX_RESPONSE_BYTES = 64 * 1024;
+/** Characters of the response body kept in `last_error`. */
+const SNIPPET_CHARS = 200;
+
+/** A subscription's config, validated and turned into what each request needs. */
+interface Prepared {
+  url: string;
+  keys: Buffer[];
+  headers: Record<string, string>;
+  timeoutMs: number;
+  batchSize: number;
+  /** Strings that must never reach `last_error` or logs. */
+  secrets: string[];
 }
 
 /**
- * The `webhook` kind: signed POSTs with a keep-alive pool per origin (undici), a timeout that
- * aborts, a bounded response read. 2xx delivered; 408, 429, 5xx, timeouts and connection
- * errors retry (Retry-After honoured); 410 deactivates the subscription; other 4xx are dead.
+ * The Standard Webhooks signature header: `v1,<base64 HMAC-SHA256 of id.timestamp.body>`,
+ * one per secret (space-separated secrets during rotation), separated by spaces.
+ */
+export function webhookSignature(secrets: string, id: string, timestamp: number, body: string): string {
+  return signWith(secrets.split(" ").map(secretKey), id, timestamp, body);
+}
+
+function secretKey(secret: string): Buffer {
+  return Buffer.from(secret.replace(/^whsec_/, ""), "base64");
+}
+
+function signWith(keys: Buffer[], id: string, timestamp: number, body: string): string {
+  return keys.map((key) => `v1,${createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64")}`).join(" ");
+}
+
+/**
+ * The `webhook-id` of a batch: `batch_` and a hash of the event ids it carries, so the same
+ * events retried together carry the same id (receivers deduplicate on it).
+ */
+export function webhookBatchId(eventIds: string[]): string {
+  return `batch_${createHash("sha256").update([...eventIds].sort().join(",")).digest("hex").slice(0, 32)}`;
+}
+
+/**
+ * The `webhook` kind. 2xx delivered; 408, 409, 423, 425, 429, 5xx, timeouts and connection
+ * errors retry (Retry-After honoured, 1 s to 1 h); 3xx dead (redirects are not followed);
+ * 410 dead and the subscription deactivated; other 4xx dead; a refused address dead.
  */
 export class WebhookTransport implements Transport {
   readonly kind = "webhook";
-  private readonly agent = new Agent({ keepAliveTimeout: 30_000, connections: 128, pipelining: 1 });
+  private readonly policy: AddressPolicy;
+  private readonly agent: Agent;
+  private readonly health: EndpointHealth;
+  /** Keyed by the config object: the worker's subscription cache hands out new ones on reload. */
+  private readonly prepared = new WeakMap<object, Prepared | string>();
 
-  constructor(private readonly context: TransportContext) {}
+  constructor(
+    private readonly context: TransportContext,
+    options: WebhookTransportOptions = {},
+  ) {
+    this.policy = new AddressPolicy(options);
+    this.health = new EndpointHealth({
+      sql: context.sql,
+      logger: context.logger,
+      deactivateAfterFailingMs: options.deactivateAfterFailingMs ?? DEFAULT_DEACTIVATE_AFTER_FAILING_MS,
+    });
+    // Names are resolved through the policy's lookup; literal IPs never reach a lookup, so
+    // they are checked here before dialling.
+    const connect = buildConnector({ lookup: this.policy.lookup });
+    this.agent = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: options.connectionsPerOrigin ?? 256,
+      pipelining: 1,
+      connect: (opts, callback) => {
+        try {
+          this.policy.checkLiteral(opts.hostname);
+        } catch (error) {
+          callback(error as Error, null);
+          return;
+        }
+        connect(opts, callback);
+      },
+    });
+  }
 
   batchSize(subscription: Subscription): number {
-    const n = Number(subscription.config.batch_size ?? 1);
-    return Number.isInteger(n) && n > 0 ? n : 1;
+    const prepared = this.prepare(subscription);
+    return typeof prepared === "string" ? 1 : prepared.batchSize;
   }
 
   serves(): boolean {
@@ -67,51 +119,109 @@ export class WebhookTransport implements Transport {
   }
 
   async deliver(subscription: Subscription, attempts: DeliveryAttempt[]): Promise<DeliveryOutcome[]> {
-    const parsed = webhookConfigSchema.safeParse(subscription.config);
-    if (!parsed.success) return attempts.map(() => ({ outcome: "dead", error: "invalid webhook config" }));
-    const config = parsed.data;
-    const batched = (config.batch_size ?? 1) > 1;
+    const prepared = this.prepare(subscription);
+    if (typeof prepared === "string") return attempts.map(() => ({ outcome: "dead", error: prepared }));
+    const batched = prepared.batchSize > 1;
     const body = batched ? `[${attempts.map((a) => a.body).join(",")}]` : attempts[0]!.body;
-    const id = batched ? `batch_${hashIds(attempts)}` : attempts[0]!.eventId;
+    const id = batched ? webhookBatchId(attempts.map((a) => a.eventId)) : attempts[0]!.eventId;
     const timestamp = Math.floor(Date.now() / 1000);
     const headers: Record<string, string> = {
-      ...(config.headers ?? {}),
-      "content-type": "application/json",
-      "user-agent": "pg-outbox",
+      ...prepared.headers,
       "webhook-id": id,
       "webhook-timestamp": String(timestamp),
     };
-    if (config.secret) headers["webhook-signature"] = webhookSignature(config.secret, id, timestamp, body);
-    const outcome = await this.send(config, headers, body);
+    let secrets = prepared.secrets;
+    if (prepared.keys.length > 0) {
+      const signature = signWith(prepared.keys, id, timestamp, body);
+      headers["webhook-signature"] = signature;
+      secrets = [...secrets, ...signature.split(" ").map((s) => s.slice("v1,".length))];
+    }
+    let outcome = await this.send(subscription.name, prepared, headers, body, secrets);
+
+    const failingSince = await this.health.record(subscription.name, outcome.outcome === "delivered");
+    if (failingSince && outcome.outcome !== "delivered" && !outcome.deactivate) {
+      const days = Math.round((this.health.period / 86_400_000) * 10) / 10;
+      outcome = {
+        ...outcome,
+        deactivate:
+          `the webhook endpoint has failed without a single success since ${failingSince.toISOString()} ` +
+          `(the limit is ${days >= 1 ? `${days} days` : `${this.health.period} ms`}); last error: ${outcome.error.slice(0, 120)}; ` +
+          `after fixing it: update outbox.subscriptions set active = true where name = '${subscription.name}'`,
+      };
+    }
+    if (batched && outcome.outcome === "retry" && outcome.retryAfterMs === undefined) {
+      // One wait for the whole batch (the same full-jitter rule as outbox._retry_delay), so
+      // its events come due together and are retried as the same batch with the same id.
+      const n = Math.max(...attempts.map((a) => a.attempt));
+      outcome = { ...outcome, retryAfterMs: Math.round(Math.random() * Math.min(3600, 2 ** Math.min(n, 31)) * 1000) };
+    }
+    if (outcome.outcome !== "delivered") {
+      this.context.logger.debug(
+        { subscription: subscription.name, deliveryId: attempts[0]!.deliveryId, events: attempts.length, status: outcome.status, error: outcome.error },
+        "webhook attempt failed",
+      );
+    }
     return attempts.map(() => outcome);
   }
 
-  private async send(config: WebhookConfig, headers: Record<string, string>, body: string): Promise<DeliveryOutcome> {
-    const timeout = config.timeout_ms ?? 10_000;
+  private async send(subscription: string, prepared: Prepared, headers: Record<string, string>, body: string, secrets: string[]): Promise<DeliveryOutcome> {
+    const timeout = prepared.timeoutMs;
+    const signal = AbortSignal.timeout(timeout);
     try {
-      const response = await request(config.url, {
+      const response = await request(prepared.url, {
         method: "POST",
         headers,
         body,
         dispatcher: this.agent,
+        signal,
         headersTimeout: timeout,
         bodyTimeout: timeout,
-        signal: AbortSignal.timeout(timeout),
-        maxRedirections: 0,
       });
-      const snippet = await readSnippet(response.body);
       const status = response.statusCode;
-      if (status >= 200 && status < 300) return { outcome: "delivered", status };
-      const error = `HTTP ${status}${snippet ? `: ${snippet}` : ""}`;
-      if (status === 410) return { outcome: "dead", status, error, deactivate: "webhook answered 410 Gone" };
-      if (status === 408 || status === 429 || status >= 500) {
-        const wait = retryAfterMs(response.headers["retry-after"]);
-        return { outcome: "retry", status, error, ...(wait === undefined ? {} : { retryAfterMs: wait }) };
+      if (status >= 200 && status < 300) {
+        // Delivered once the status is in; the (usually empty) body is drained in the
+        // background so the connection can be reused.
+        response.body.dump({ limit: MAX_RESPONSE_BYTES }).catch(() => undefined);
+        return { outcome: "delivered", status };
       }
-      return { outcome: "dead", status, error };
+      let snippet: string;
+      try {
+        snippet = await readSnippet(response.body, secrets);
+      } catch {
+        snippet = signal.aborted ? `(body not read: timed out after ${timeout} ms)` : "(body not read: connection lost)";
+      }
+      return webhookOutcome({ status, headers: response.headers, snippet, url: prepared.url }, subscription);
     } catch (error) {
-      return { outcome: "retry", error: errorText(error) };
+      if (error instanceof AddressRefusedError) return { outcome: "dead", error: `address refused: ${error.message}` };
+      if (signal.aborted) return { outcome: "retry", error: `timed out after ${timeout} ms without an answer` };
+      return { outcome: "retry", error: redact(connectionErrorText(error), secrets) };
     }
+  }
+
+  /** Validates a subscription's config once per config object; a string is what is wrong. */
+  private prepare(subscription: Subscription): Prepared | string {
+    const cached = this.prepared.get(subscription.config);
+    if (cached) return cached;
+    const parsed = webhookConfigSchema.safeParse(subscription.config);
+    let prepared: Prepared | string;
+    if (!parsed.success) {
+      prepared = `invalid webhook config: ${describeIssues(parsed.error, "config.")}`;
+    } else {
+      const config = parsed.data;
+      const secretList = config.secret ? config.secret.split(" ") : [];
+      const custom = config.headers ?? {};
+      const hasUserAgent = Object.keys(custom).some((h) => h.toLowerCase() === "user-agent");
+      prepared = {
+        url: config.url,
+        keys: secretList.map(secretKey),
+        headers: { ...(hasUserAgent ? {} : { "user-agent": "pg-outbox" }), ...custom, "content-type": "application/json" },
+        timeoutMs: config.timeout_ms ?? DEFAULT_TIMEOUT_MS,
+        batchSize: config.batch_size ?? 1,
+        secrets: [...secretList, ...secretList.map((s) => s.slice("whsec_".length)), ...Object.values(custom), ...urlSecrets(config.url)],
+      };
+    }
+    this.prepared.set(subscription.config, prepared);
+    return prepared;
   }
 
   async close(): Promise<void> {
@@ -119,20 +229,36 @@ export class WebhookTransport implements Transport {
   }
 }
 
-function hashIds(attempts: DeliveryAttempt[]): string {
-  return createHmac("sha256", "pg-outbox-batch").update(attempts.map((a) => a.eventId).join(",")).digest("hex").slice(0, 32);
+/** Credentials a URL may carry in its query (tokens): redacted wherever they could be echoed. */
+function urlSecrets(url: string): string[] {
+  try {
+    return [...new URL(url).searchParams.values()];
+  } catch {
+    return [];
+  }
 }
 
-async function readSnippet(body: AsyncIterable<Buffer> & { destroy?: () => void }): Promise<string> {
+/** A connection error as one line: undici's class and message, and the system code when there is one. */
+function connectionErrorText(error: unknown): string {
+  const code = (error as { code?: unknown }).code;
+  const cause = (error as { cause?: unknown }).cause;
+  const text = errorText(error, 250);
+  const causeText = cause instanceof Error && !text.includes(cause.message) ? ` (${errorText(cause, 120)})` : "";
+  return `${text}${causeText}${typeof code === "string" && !text.includes(code) ? ` [${code}]` : ""}`.slice(0, 300);
+}
+
+/** The start of a response body: at most 64 KiB read, secrets redacted, whitespace folded, 200 characters kept. */
+async function readSnippet(body: AsyncIterable<Buffer> & { destroy(): unknown }, secrets: string[]): Promise<string> {
   let size = 0;
   const chunks: Buffer[] = [];
   for await (const chunk of body) {
+    chunks.push(chunk);
     size += chunk.length;
-    if (size <= MAX_RESPONSE_BYTES) chunks.push(chunk);
-    else {
-      body.destroy?.();
+    if (size >= MAX_RESPONSE_BYTES) {
+      body.destroy();
       break;
     }
   }
-  return Buffer.concat(chunks).toString("utf8").replace(/\s+/g, " ").slice(0, 200);
+  const text = Buffer.concat(chunks).subarray(0, MAX_RESPONSE_BYTES).toString("utf8");
+  return redact(text, secrets).replace(/\s+/g, " ").trim().slice(0, SNIPPET_CHARS);
 }

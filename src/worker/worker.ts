@@ -12,7 +12,7 @@ import { pruneOnce } from "../maintenance/retention.js";
 import type { HandlerTransport } from "../transports/handler.js";
 import { NotifyTransport } from "../transports/notify.js";
 import type { Transport } from "../transports/transport.js";
-import { WebhookTransport } from "../transports/webhook.js";
+import { WebhookTransport, type WebhookTransportOptions } from "../transports/webhook.js";
 import { graphileLogger } from "./graphileLogger.js";
 
 /** Options of a worker process (validated by createOutbox). */
@@ -38,6 +38,8 @@ export interface WorkerOptions {
   deadRetentionMs: number;
   /** Extra transports (tests, future brokers). */
   transports?: Transport[];
+  /** Webhook address policy and failing-endpoint deactivation; defaults in {@link WebhookTransportOptions}. */
+  webhooks?: WebhookTransportOptions;
 }
 
 /** A running worker. */
@@ -74,7 +76,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
   const transports: Transport[] = [
     options.handlers,
     new NotifyTransport({ sql, logger }),
-    new WebhookTransport({ sql, logger: logger.child({ component: "webhook" }) }),
+    new WebhookTransport({ sql, logger: logger.child({ component: "webhook" }) }, options.webhooks),
     ...(options.transports ?? []),
   ];
   const deliverer = new Deliverer({

@@ -1,20 +1,34 @@
 -- outbox.events: the public view of events, one row per event, with the envelope assembled
 -- from the raw facts the write path stored (see 020_capture_trigger.sql).
+--
+-- The helpers below are plain expressions (no subquery, no CTE) so that the planner inlines
+-- them into the queries that build envelopes, and they work on the stored `json` text rather
+-- than `jsonb`: deliveries send the envelope as text, and parsing each row image into jsonb
+-- (several times per event) then rendering it again was most of the delivery engine's
+-- database time (measured with pg_stat_user_functions and per-expression timings).
 
--- The new and old row images of one stored image: an insert stores the new row, a delete the
--- old one, an update the pair [old, new]. Inlined by the planner.
-create or replace function outbox._event_new(p_op text, p_image json)
-returns jsonb
+-- The row images of one stored image: an insert stores the new row, a delete the old one, an
+-- update the pair [old, new]. `_image_row` is the row an event is about (new, or old for a
+-- delete): its key and tenant come from there.
+create or replace function outbox._image_new(p_op text, p_image json)
+returns json
 language sql immutable parallel safe
 as $$
-  select case p_op when 'insert' then p_image::jsonb when 'update' then (p_image -> 1)::jsonb end
+  select case p_op when 'insert' then p_image when 'update' then p_image -> 1 end
 $$;
 
-create or replace function outbox._event_old(p_op text, p_image json)
-returns jsonb
+create or replace function outbox._image_old(p_op text, p_image json)
+returns json
 language sql immutable parallel safe
 as $$
-  select case p_op when 'delete' then p_image::jsonb when 'update' then (p_image -> 0)::jsonb end
+  select case p_op when 'delete' then p_image when 'update' then p_image -> 0 end
+$$;
+
+create or replace function outbox._image_row(p_op text, p_image json)
+returns json
+language sql immutable parallel safe
+as $$
+  select case p_op when 'update' then p_image -> 1 when 'insert' then p_image when 'delete' then p_image end
 $$;
 
 -- schema.table.op for captured changes, the emitted topic otherwise.
@@ -25,39 +39,34 @@ as $$
   select coalesce(p_event.topic, p_event.schema_name || '.' || p_event.table_name || '.' || p_event.op)
 $$;
 
--- The helpers below are plain expressions (no subquery, no CTE) so that the planner inlines
--- them into the queries that build envelopes: called as functions they cost tens of
--- microseconds per event, most of the delivery engine's time (measured with
--- pg_stat_user_functions while delivering 20,000 events).
-
 -- The columns `p_keys` of a row image, as an object (multi-column keys).
-create or replace function outbox._row_pick(p_row jsonb, p_keys text[])
-returns jsonb
+create or replace function outbox._row_pick(p_row json, p_keys text[])
+returns json
 language sql immutable parallel safe
 as $$
-  select jsonb_object_agg(k.name, p_row -> k.name) from unnest(p_keys) k(name)
+  select json_object_agg(k.name, p_row -> k.name) from unnest(p_keys) k(name)
 $$;
 
--- The key columns of the row as an object for captures; emit's key as a JSON string.
-create or replace function outbox._event_key(p_event outbox._events, p_new jsonb, p_old jsonb)
-returns jsonb
+-- The key columns of the event's row as an object for captures; emit's key as a JSON string.
+create or replace function outbox._event_key(p_event outbox._events, p_row json)
+returns json
 language sql stable parallel safe
 as $$
   select case
-    when p_event.op = 'emit' then to_jsonb(p_event.emit_key)
+    when p_event.op = 'emit' then to_json(p_event.emit_key)
     when p_event.op = 'truncate' then null
     when cardinality(p_event.key_columns) = 1 then
-      jsonb_build_object(p_event.key_columns[1], coalesce(p_new, p_old) -> p_event.key_columns[1])
-    else outbox._row_pick(coalesce(p_new, p_old), p_event.key_columns)
+      json_build_object(p_event.key_columns[1], p_row -> p_event.key_columns[1])
+    else outbox._row_pick(p_row, p_event.key_columns)
   end
 $$;
 
 -- The tenant column's value when the capture names one, else `outbox.tenant` of the context.
-create or replace function outbox._event_tenant(p_event outbox._events, p_new jsonb, p_old jsonb)
+create or replace function outbox._event_tenant(p_event outbox._events, p_row json)
 returns text
 language sql immutable parallel safe
 as $$
-  select coalesce(coalesce(p_new, p_old) ->> p_event.tenant_column, p_event.context ->> 'tenant')
+  select coalesce(p_row ->> p_event.tenant_column, p_event.context ->> 'tenant')
 $$;
 
 -- The columns an update changed (an update's image is the pair [old, new]), sorted.
@@ -70,37 +79,70 @@ as $$
   where (p_image -> 1 -> k.name)::text is distinct from (p_image -> 0 -> k.name)::text
 $$;
 
--- The envelope of one event (DESIGN.md "The envelope"). Capture events always carry
--- op/table/key/new/old (null where the operation has none) and `changed` for updates;
+-- `p_object` with the fields of `p_extra`, then `p_context`, then `tenant` appended (each may
+-- be null). Not inlined (plpgsql), but cheap: it returns the object untouched in the common
+-- case of no extra fields.
+create or replace function outbox._json_splice(p_object json, p_extra jsonb, p_context jsonb, p_tenant text)
+returns json
+language plpgsql stable parallel safe
+as $$
+declare
+  v_fields text;
+begin
+  if p_extra is null and p_context is null and p_tenant is null then
+    return p_object;
+  end if;
+  v_fields := (coalesce(p_extra, '{}') || coalesce(p_context, '{}')
+               || jsonb_strip_nulls(jsonb_build_object('tenant', p_tenant)))::text;
+  if v_fields = '{}' then
+    return p_object;
+  end if;
+  return (left(p_object::text, -1) || ', ' || substr(v_fields, 2))::json;
+end
+$$;
+
+-- The envelope of one event (DESIGN.md "The envelope") as JSON text. Capture events always
+-- carry op/table/key/new/old (null where the operation has none) and `changed` for updates;
 -- emitted events carry `data` and `key` when one was given. Context fields appear when set.
+-- The fixed fields are written as json; the optional ones (rare: changed, emit's key,
+-- context, tenant) are merged as jsonb and spliced in before the closing brace.
+create or replace function outbox._envelope_json(
+  p_event outbox._events, p_image json, p_position bigint)
+returns json
+language sql stable parallel safe
+as $$
+  select outbox._json_splice(
+    case when p_event.op = 'emit' then
+      json_build_object(
+        'id', outbox._event_uuid(p_event.created_at, p_position),
+        'type', p_event.topic,
+        'time', to_char(p_event.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'data', p_image)
+    else
+      json_build_object(
+        'id', outbox._event_uuid(p_event.created_at, p_position),
+        'type', outbox._event_topic(p_event),
+        'time', to_char(p_event.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'op', p_event.op,
+        'table', json_build_object('schema', p_event.schema_name, 'name', p_event.table_name),
+        'key', outbox._event_key(p_event, outbox._image_row(p_event.op, p_image)),
+        'new', outbox._image_new(p_event.op, p_image),
+        'old', outbox._image_old(p_event.op, p_image))
+    end,
+    case when p_event.op = 'update' then jsonb_build_object('changed', outbox._event_changed(p_image))
+         when p_event.op = 'emit' and p_event.emit_key is not null then jsonb_build_object('key', p_event.emit_key)
+    end,
+    p_event.context,
+    outbox._event_tenant(p_event, outbox._image_row(p_event.op, p_image)))
+$$;
+
+-- The envelope as jsonb, for SQL (the events view, subscription filters).
 create or replace function outbox._envelope(
   p_event outbox._events, p_image json, p_position bigint)
 returns jsonb
 language sql stable parallel safe
 as $$
-  select
-    jsonb_build_object(
-      'id', outbox._event_uuid(p_event.created_at, p_position),
-      'type', outbox._event_topic(p_event),
-      'time', to_char(p_event.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-    || case when p_event.op = 'emit' then
-         jsonb_build_object('data', p_image::jsonb)
-         || case when p_event.emit_key is null then '{}'::jsonb
-                 else jsonb_build_object('key', p_event.emit_key) end
-       else
-         jsonb_build_object(
-           'op', p_event.op,
-           'table', jsonb_build_object('schema', p_event.schema_name, 'name', p_event.table_name),
-           'key', outbox._event_key(p_event,
-                    outbox._event_new(p_event.op, p_image), outbox._event_old(p_event.op, p_image)),
-           'new', outbox._event_new(p_event.op, p_image),
-           'old', outbox._event_old(p_event.op, p_image))
-         || case when p_event.op = 'update' then jsonb_build_object('changed', outbox._event_changed(p_image))
-            else '{}'::jsonb end
-       end
-    || coalesce(p_event.context, '{}'::jsonb)
-    || jsonb_strip_nulls(jsonb_build_object('tenant', outbox._event_tenant(p_event,
-         outbox._event_new(p_event.op, p_image), outbox._event_old(p_event.op, p_image))))
+  select outbox._envelope_json(p_event, p_image, p_position)::jsonb
 $$;
 
 -- The envelopes of the events at the given positions, each `_events` row expanded once.
@@ -110,7 +152,7 @@ returns table (event_position bigint, payload text)
 language sql stable
 as $$
   with wanted as (select distinct p as pos from unnest(p_positions) p)
-  select w.pos, outbox._envelope(e, i.image, w.pos)::text
+  select w.pos, outbox._envelope_json(e, i.image, w.pos)::text
   from outbox._events e
   cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
   join wanted w on w.pos = (e.id << 16) + i.ord - 1
@@ -125,12 +167,17 @@ select
   e.op,
   e.schema_name,
   e.table_name,
-  outbox._event_key(e,
-    outbox._event_new(e.op, i.image), outbox._event_old(e.op, i.image)) as key,
+  outbox._event_key(e, outbox._image_row(e.op, i.image))::jsonb as key,
   outbox._envelope(e, i.image, (e.id << 16) + i.ord - 1) as payload,
-  outbox._event_tenant(e,
-    outbox._event_new(e.op, i.image), outbox._event_old(e.op, i.image)) as tenant,
+  outbox._event_tenant(e, outbox._image_row(e.op, i.image)) as tenant,
   e.xid,
   e.created_at
 from outbox._events e
 cross join lateral json_array_elements(e.rows) with ordinality i(image, ord);
+
+-- Replaced by the json helpers above (the view no longer depends on them).
+drop function if exists outbox._event_key(outbox._events, jsonb, jsonb);
+drop function if exists outbox._event_tenant(outbox._events, jsonb, jsonb);
+drop function if exists outbox._event_new(text, json);
+drop function if exists outbox._event_old(text, json);
+drop function if exists outbox._row_pick(jsonb, text[]);

@@ -20,9 +20,7 @@ as $$
     where e.id = any(p_event_ids)
   ),
   images as (
-    select ev.*,
-      outbox._event_new((ev.event).op, ev.image) as new_row,
-      outbox._event_old((ev.event).op, ev.image) as old_row
+    select ev.*, outbox._image_row((ev.event).op, ev.image) as row_image
     from events ev
   )
   select
@@ -33,12 +31,12 @@ as $$
       case (i.event).op
         when 'emit' then 'emit:' || (i.event).emit_key
         else (i.event).schema_name || '.' || (i.event).table_name || ':'
-             || outbox._event_key(i.event, i.new_row, i.old_row)::text
+             || outbox._event_key(i.event, i.row_image)::jsonb::text
       end
     end
   from images i
   join subs s on i.dotted_topic ~ s.regex
-  where (s.tenant is null or s.tenant = outbox._event_tenant(i.event, i.new_row, i.old_row))
+  where (s.tenant is null or s.tenant = outbox._event_tenant(i.event, i.row_image))
     and (s.filter is null
          or coalesce(jsonb_path_match(outbox._envelope(i.event, i.image, i.position), s.filter, '{}', true), false))
 $$;
@@ -55,9 +53,10 @@ $$;
 --
 -- Deliveries for p_claim subscriptions (served by the calling worker, unordered, without a
 -- concurrency limit) are written already claimed by p_worker, at most p_claim_limit per
--- subscription, and returned with their envelopes: the hot path skips a claim round trip
--- and an UPDATE per delivery. Every returned row repeats the round's counts; a round that
--- claimed nothing returns one row with null delivery columns.
+-- subscription, and returned with their envelopes (once per event; null on the event's
+-- further rows): the hot path skips a claim round trip and an UPDATE per delivery. Every
+-- returned row repeats the round's counts; a round that claimed nothing returns one row with
+-- null delivery columns.
 drop function if exists outbox._dispatch(int);
 create or replace function outbox._dispatch(
   p_max_events int default 5000,
@@ -82,6 +81,8 @@ declare
   v_deliveries int;
   v_claimed bigint[];
   v_claimed_positions bigint[];
+  v_claimed_subscriptions text[];
+  v_claimed_event_ids uuid[];
 begin
   select * into v_state from outbox._dispatch_state s where s.id = 1 for update;
   if not found then
@@ -131,11 +132,15 @@ begin
     from matches m
     order by m.event_position
     on conflict (event_position, subscription) do nothing
-    returning outbox.deliveries.id, outbox.deliveries.status, outbox.deliveries.event_position
+    returning outbox.deliveries.id, outbox.deliveries.status, outbox.deliveries.event_position,
+              outbox.deliveries.subscription, outbox.deliveries.event_id
   )
-  select count(*)::int, array_agg(i.id) filter (where i.status = 'delivering'),
-         array_agg(i.event_position) filter (where i.status = 'delivering')
-  into v_deliveries, v_claimed, v_claimed_positions
+  select count(*)::int,
+         array_agg(i.id) filter (where i.status = 'delivering'),
+         array_agg(i.event_position) filter (where i.status = 'delivering'),
+         array_agg(i.subscription) filter (where i.status = 'delivering'),
+         array_agg(i.event_id) filter (where i.status = 'delivering')
+  into v_deliveries, v_claimed, v_claimed_positions, v_claimed_subscriptions, v_claimed_event_ids
   from inserted i;
 
   -- Other processes may be idle: new deliveries are theirs to claim too.
@@ -157,12 +162,17 @@ begin
     return;
   end if;
 
+  -- The claimed rows come from what the insert returned, not from reading deliveries again.
+  -- An event claimed for several subscriptions carries its envelope on its first row only:
+  -- the worker reuses it for the others rather than receiving it once per subscription.
   return query
-  select v_events, v_deliveries, v_new_last, d.id, d.subscription, d.event_id, d.event_position, env.payload
-  from outbox.deliveries d
+  select v_events, v_deliveries, v_new_last, c.id, c.subscription, c.event_id, c.event_position,
+         case when row_number() over (partition by c.event_position order by c.subscription) = 1
+              then env.payload end
+  from unnest(v_claimed, v_claimed_subscriptions, v_claimed_event_ids, v_claimed_positions)
+         c(id, subscription, event_id, event_position)
   join outbox._event_envelopes(v_claimed_positions) env
-    on env.event_position = d.event_position
-  where d.id = any(v_claimed)
-  order by d.event_position;
+    on env.event_position = c.event_position
+  order by c.event_position, c.subscription;
 end
 $$;

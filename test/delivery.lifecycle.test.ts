@@ -251,3 +251,28 @@ test("retention removes delivered deliveries and fully delivered events, keeps w
   assert.deepEqual(events.map((e) => e.row_id), [2, 3], "event 1 was fully delivered; 2 and 3 are still needed");
   assert.ok(deliveries.every((d) => events.some((e) => e.id === d.event_id)), "every remaining delivery still has its event");
 });
+
+test("a handler that runs longer than the lease keeps its delivery: the lease is extended and no other worker takes it over", async () => {
+  await capturedTable(db.sql, "l_long");
+  const calls: number[] = [];
+  const slowHandler = (worker: number) => async () => {
+    calls.push(worker);
+    // The behaviour under test: a handler busy for three leases.
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+  };
+  const options = { pollIntervalMs: 100, leaseMs: 1000 };
+  const a = await startOutbox(db, (o) => o.handle("l_long_h", "public.l_long.insert", slowHandler(1)), options);
+  const b = await startOutbox(db, (o) => o.handle("l_long_h", "public.l_long.insert", slowHandler(2)), options);
+  try {
+    await db.sql`insert into l_long (id) values (1)`;
+    const [row] = await waitFor(async () => {
+      const rows = await deliveriesOf(db.sql, "l_long_h");
+      return rows[0]?.status === "delivered" ? rows : undefined;
+    }, "the long delivery to be delivered", 15_000);
+    assert.equal(calls.length, 1, `the handler ran once, not again on the other worker (calls by worker: ${calls.join(", ")})`);
+    assert.equal(row!.attempts, 1);
+    assert.equal(row!.last_error, null);
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+  }
+});

@@ -46,6 +46,14 @@ export async function deliveryCompleteBatch(sql: Sql, worker: string, results: D
   return row?.n ?? 0;
 }
 
+/** Extends the leases of the deliveries `worker` holds; returns how many. */
+export async function deliveryLeaseExtend(sql: Sql, worker: string, leaseMs: number): Promise<number> {
+  const rows = await sql`
+    update outbox.deliveries set locked_until = now() + make_interval(secs => ${leaseMs}::int / 1000.0)
+    where status = 'delivering' and locked_by = ${worker}`;
+  return rows.count;
+}
+
 /** Puts deliveries whose lease expired back in line; returns how many. */
 export async function deliveryRecoverExpired(sql: Sql): Promise<number> {
   const [row] = await sql<{ n: number }[]>`select outbox._delivery_recover() as n`;

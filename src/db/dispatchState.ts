@@ -64,14 +64,15 @@ export async function dispatchRoundRun(conn: Sql, maxEvents: number, claim?: Dis
     )) as unknown as Array<Array<{ events: number; deliveries: number; lastId: string } & DispatchedClaim>>;
     const rows = results[1] ?? [];
     const first = rows[0];
-    return {
-      events: first?.events ?? 0,
-      deliveries: first?.deliveries ?? 0,
-      lastId: first?.lastId ?? "0",
-      claimed: rows
-        .filter((r) => r.id !== null)
-        .map((r) => ({ id: r.id, subscription: r.subscription, eventId: r.eventId, eventPosition: r.eventPosition, payload: r.payload })),
-    };
+    // Rows come in event order; an event's envelope is sent on its first row only.
+    let payload = "";
+    const claimed: DispatchedClaim[] = [];
+    for (const r of rows) {
+      if (r.id === null) continue;
+      if (r.payload !== null) payload = r.payload;
+      claimed.push({ id: r.id, subscription: r.subscription, eventId: r.eventId, eventPosition: r.eventPosition, payload });
+    }
+    return { events: first?.events ?? 0, deliveries: first?.deliveries ?? 0, lastId: first?.lastId ?? "0", claimed };
   } catch (error) {
     // After a failed statement the session is in an aborted transaction: end it, unless the
     // connection itself is gone (writing to it then can crash postgres.js).

@@ -135,8 +135,10 @@ export const deliveries = outboxSchema.table(
   (t) => [
     check("deliveries_status_check", sql`${t.status} in ('pending', 'delivering', 'retrying', 'delivered', 'dead')`),
     uniqueIndex("deliveries_event_position_subscription_idx").on(t.eventPosition, t.subscription),
-    index("deliveries_subscription_next_attempt_at_idx")
-      .on(t.subscription, t.nextAttemptAt)
+    // The claim order (due time, then event order) straight from the index: without
+    // event_position here every claim sorted all of a subscription's due deliveries.
+    index("deliveries_subscription_next_attempt_at_event_position_idx")
+      .on(t.subscription, t.nextAttemptAt, t.eventPosition)
       .where(sql`status in ('pending', 'retrying')`),
     index("deliveries_locked_until_idx").on(t.lockedUntil).where(sql`status = 'delivering'`),
     index("deliveries_subscription_order_key_event_position_idx")

@@ -1,5 +1,5 @@
 import type { Sql } from "postgres";
-import { deliveryClaimDue, deliveryCompleteBatch, type DeliveryResult } from "../db/deliveries.js";
+import { deliveryClaimDue, deliveryCompleteBatch, deliveryLeaseExtend, type DeliveryResult } from "../db/deliveries.js";
 import type { DispatchClaimRequest, DispatchedClaim } from "../db/dispatchState.js";
 import { subscriptionDeactivate } from "../db/subscriptions.js";
 import type { Logger } from "../logger.js";
@@ -12,12 +12,22 @@ export interface DelivererOptions {
   workerId: string;
   transports: Transport[];
   logger: Logger;
-  /** Lease of a claimed delivery; another worker takes it over after. Default 30 s. */
+  /**
+   * Lease of a claimed delivery; another worker takes it over after. The deliverer extends
+   * the leases of what it holds every third of this, so only a worker that died or hangs
+   * loses them. Default 30 s.
+   */
   leaseMs?: number;
-  /** Deliveries claimed per query; default 500. */
+  /** Deliveries claimed per query; default 1000. */
   claimBatch?: number;
-  /** Deliveries in flight in this process per subscription (the subscription's `concurrency` caps it across all workers); default 500. */
-  maxInFlightPerSubscription?: number;
+  /**
+   * Deliveries claimed and not yet finished in this process, per subscription: the local
+   * queue that keeps the transport busy between claims. Default 2000 (a `concurrency` in the
+   * subscription's config caps it, across all workers).
+   */
+  maxHeldPerSubscription?: number;
+  /** Transport calls running at once per subscription in this process; default 100. */
+  concurrencyPerSubscription?: number;
   /** Called after outcomes were recorded. */
   onSettled?: () => void;
 }
@@ -30,7 +40,13 @@ export interface DelivererOptions {
 export class Deliverer {
   private subscriptions = new Map<string, Subscription>();
   private readonly transports: Map<string, Transport>;
+  /** Claimed and unfinished, per subscription. */
   private readonly inFlight = new Map<string, number>();
+  /** Transport calls running, per subscription. */
+  private readonly running = new Map<string, number>();
+  /** Claimed batches waiting for a free slot, per subscription. */
+  private readonly queued = new Map<string, DeliveryAttempt[][]>();
+  private leaseTimer: NodeJS.Timeout | undefined;
   private readonly pumping = new Set<string>();
   private readonly repump = new Set<string>();
   private results: DeliveryResult[] = [];
@@ -41,13 +57,27 @@ export class Deliverer {
   private readonly leaseMs: number;
   private readonly claimBatch: number;
   private readonly maxInFlight: number;
+  private readonly concurrency: number;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly options: DelivererOptions) {
     this.transports = new Map(options.transports.map((t) => [t.kind, t]));
     this.leaseMs = options.leaseMs ?? 30_000;
-    this.claimBatch = options.claimBatch ?? 500;
-    this.maxInFlight = options.maxInFlightPerSubscription ?? 500;
+    this.claimBatch = options.claimBatch ?? 1000;
+    this.maxInFlight = options.maxHeldPerSubscription ?? 2000;
+    this.concurrency = options.concurrencyPerSubscription ?? 100;
+    this.leaseTimer = setInterval(() => void this.extendLeases(), this.leaseMs / 3);
+    this.leaseTimer.unref();
+  }
+
+  /** Extends the leases of every delivery this worker holds (one statement). */
+  private async extendLeases(): Promise<void> {
+    if (this.inFlightTotal === 0 || this.closed) return;
+    try {
+      await deliveryLeaseExtend(this.options.sql, this.options.workerId, this.leaseMs);
+    } catch (error) {
+      this.options.logger.warn({ err: error }, "could not extend the leases of held deliveries");
+    }
   }
 
   /** Replaces the cached subscriptions (after a change notification). */
@@ -106,7 +136,23 @@ export class Deliverer {
 
   private startAttempts(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[]): void {
     const size = Math.max(1, transport.batchSize(sub));
-    for (let i = 0; i < attempts.length; i += size) void this.run(sub, transport, attempts.slice(i, i + size));
+    const queue = this.queued.get(sub.name) ?? [];
+    this.queued.set(sub.name, queue);
+    for (let i = 0; i < attempts.length; i += size) queue.push(attempts.slice(i, i + size));
+    this.startQueued(sub, transport);
+  }
+
+  /** Starts queued batches while the subscription has free slots. */
+  private startQueued(sub: Subscription, transport: Transport): void {
+    const queue = this.queued.get(sub.name);
+    const limit = Math.min(Number(sub.config.concurrency ?? this.concurrency), this.concurrency);
+    while (queue?.length && !this.stopping && (this.running.get(sub.name) ?? 0) < limit) {
+      this.running.set(sub.name, (this.running.get(sub.name) ?? 0) + 1);
+      void this.run(sub, transport, queue.shift()!).finally(() => {
+        this.running.set(sub.name, (this.running.get(sub.name) ?? 0) - 1);
+        this.startQueued(sub, transport);
+      });
+    }
   }
 
   private async pump(name: string): Promise<number> {
@@ -224,11 +270,19 @@ export class Deliverer {
   /** Marks the pool closed: outcomes that arrive later are not retried forever. */
   close(): void {
     this.closed = true;
+    clearInterval(this.leaseTimer);
   }
 
   /** Stops claiming; waits up to `timeoutMs` for in-flight deliveries and records their outcomes. */
   async drain(timeoutMs: number): Promise<boolean> {
     this.stopping = true;
+    // Claimed but not started: not worth waiting for. The worker hands them back
+    // (deliveryReleaseHeld) so that they are due again at once.
+    for (const [name, queue] of this.queued) {
+      const dropped = queue.reduce((n, batch) => n + batch.length, 0);
+      queue.length = 0;
+      this.inFlight.set(name, (this.inFlight.get(name) ?? 0) - dropped);
+    }
     if (this.inFlightTotal > 0) {
       await Promise.race([
         new Promise<void>((resolve) => this.idleWaiters.push(resolve)),

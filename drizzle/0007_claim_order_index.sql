@@ -1,0 +1,2 @@
+DROP INDEX "outbox"."deliveries_subscription_next_attempt_at_idx";--> statement-breakpoint
+CREATE INDEX "deliveries_subscription_next_attempt_at_event_position_idx" ON "outbox"."deliveries" USING btree ("subscription","next_attempt_at","event_position") WHERE status in ('pending', 'retrying');

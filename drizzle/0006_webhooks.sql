@@ -1234,6 +1234,20 @@ begin
     insert into outbox._dispatch_state (id) values (1) returning * into v_state;
   end if;
 
+  -- A saved snapshot ahead of this cluster's transaction counter means the database was
+  -- restored from a dump into another cluster (DESIGN.md guarantee 8): transaction ids
+  -- restarted. Every restored event committed before the dump, so neither the saved xip list
+  -- nor xids from the old cluster mean anything here; left as they are, those xids would look
+  -- in flight (at or above the next saved xmax) and be read again on every round. They get a
+  -- committed, ancient xid once, and the saved snapshot is dropped; events of this cluster
+  -- (ids above every restored one) are read by the normal rule.
+  if v_state.snapshot_xmax > pg_snapshot_xmax(v_snapshot) then
+    update outbox._events e set xid = '3'::xid8 where e.xid >= pg_snapshot_xmax(v_snapshot);
+    update outbox._dispatch_state s set snapshot_xmax = null, snapshot_xip = '{}', updated_at = now()
+    where s.id = 1
+    returning * into v_state;
+  end if;
+
   with fresh as (
     select e.id, sum(e.count) over (order by e.id) - e.count as before
     from outbox._events e

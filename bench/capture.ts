@@ -4,20 +4,27 @@
  * table without capture, measured in the same run on the same server, so machines and
  * settings cancel out.
  *
- * Three tables with identical columns: `bench_plain` (no trigger, the baseline),
- * `bench_captured` (outbox.enable_capture) and `bench_bare` (the naive design, one row
- * trigger inserting one jsonb row per changed row into a plain table; shown for context).
+ * Four tables with identical columns: `bench_plain` (no trigger, the baseline),
+ * `bench_captured` (outbox.enable_capture), `bench_bare` (one row trigger inserting one jsonb
+ * row per changed row into a plain table; for context) and `bench_naive` (the naive design
+ * of a job queue outbox: a row trigger calling `graphile_worker.add_job` per row).
+ *
+ * A last case repeats the single-row inserts while a worker runs and delivers every captured
+ * event to a no-op handler: the write path must not get dearer when workers are busy (no
+ * NOTIFY per transaction; only an idle worker is woken).
  */
 import { execFile } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { Logger as GraphileLogger, runMigrations } from "graphile-worker";
 import postgres, { type ReservedSql, type Sql } from "postgres";
+import { createOutbox } from "../src/outbox.js";
 
 const run = promisify(execFile);
 
-export const VARIANTS = ["plain", "captured", "bare"] as const;
+export const VARIANTS = ["plain", "captured", "bare", "naive"] as const;
 export type Variant = (typeof VARIANTS)[number];
 
 export interface CaptureOptions {
@@ -48,10 +55,30 @@ export interface CaseResult {
   plain: Measure;
   captured: Measure;
   bare: Measure;
+  naive: Measure;
   /** Median over rounds of captured / plain. */
   ratio: number;
   /** bare / plain: context only, no goal. */
   bareRatio: number;
+  /** naive (add_job per row) / plain: the design DESIGN.md compares against (single-row case only). */
+  naiveRatio: number | null;
+  pass: boolean;
+}
+
+/** Single-row inserts while a worker delivers every captured event (see {@link runWorkerCase}). */
+export interface WorkerCaseResult {
+  label: string;
+  plain: Measure;
+  captured: Measure;
+  /** Median over rounds of captured / plain, both with the worker running. */
+  ratio: number;
+  /** The single-row ratio without a worker, from the same run. */
+  ratioWithoutWorker: number;
+  /** Wake-up notifications sent during the captured rounds, and the transactions of those rounds. */
+  wakeNotifications: number;
+  transactions: number;
+  /** Events delivered to the handler during the case. */
+  delivered: number;
   pass: boolean;
 }
 
@@ -84,7 +111,7 @@ interface Db {
   checkpoint: boolean;
 }
 
-export async function setupCapture(sql: Sql): Promise<void> {
+export async function setupCapture(sql: Sql, url: string): Promise<void> {
   for (const v of VARIANTS) {
     await sql.unsafe(`create table ${table(v)} (${COLUMNS}) with (autovacuum_enabled = false)`);
   }
@@ -99,11 +126,90 @@ export async function setupCapture(sql: Sql): Promise<void> {
     end $$;
     create trigger bench_bare_capture after insert or update on bench_bare
       for each row execute function bench_bare_capture();`);
+  // The naive design: one graphile-worker job per changed row, inside the writer's transaction.
+  await runMigrations({ connectionString: url, logger: new GraphileLogger(() => () => undefined) });
+  await sql.unsafe(`
+    create function bench_naive_capture() returns trigger language plpgsql as $$
+    begin
+      perform graphile_worker.add_job('bench_capture',
+        json_build_object('table', TG_TABLE_NAME, 'op', TG_OP, 'row', to_jsonb(new)));
+      return null;
+    end $$;
+    create trigger bench_naive_capture after insert or update on bench_naive
+      for each row execute function bench_naive_capture();`);
   // Capturing truncates too lets reset() TRUNCATE the table (with deletes alone pg-outbox
   // refuses TRUNCATE); it adds no trigger to the insert and update paths measured here.
   await sql`select outbox.enable_capture('bench_captured', operations => '{insert,update,delete,truncate}')`;
   // Same reasoning as for the bench tables; this database is the benchmark's own.
   await sql.unsafe(`alter table outbox._events set (autovacuum_enabled = false)`);
+}
+
+const WORKER_HANDLER = "bench_worker_noop";
+
+/**
+ * Single-row inserts with a worker running in this process: `plain` and `captured` rounds
+ * alternate as in the first case, each captured round's events are delivered to a no-op
+ * handler, and the next round starts only once they all are (so the worker's catching up
+ * never lands in a plain round). A listener counts the wake-up notifications the captured
+ * rounds sent: an idle worker is woken once, a busy one never.
+ */
+export async function runWorkerCase(sql: Sql, opts: CaptureOptions, ratioWithoutWorker: number): Promise<WorkerCaseResult> {
+  const db: Db = { conn: await sql.reserve(), checkpoint: true };
+  await db.conn.unsafe(`checkpoint`).catch(() => (db.checkpoint = false));
+  let delivered = 0;
+  const outbox = createOutbox({ connectionString: opts.url });
+  outbox.handle(WORKER_HANDLER, "public.bench_captured.insert", () => {
+    delivered++;
+  });
+  const worker = await outbox.start();
+  let wakes = 0;
+  let counting = false;
+  const listener = await sql.listen("outbox_wake", () => {
+    if (counting) wakes++;
+  });
+  const samples: Record<"plain" | "captured", number[]> = { plain: [], captured: [] };
+  let transactions = 0;
+  const dir = await mkdtemp(join(tmpdir(), "outbox-bench-"));
+  try {
+    opts.log(`single-row INSERT transactions while a worker delivers every captured event, ${opts.clients} clients`);
+    for (let round = 0; round < opts.rounds; round++) {
+      for (const v of round % 2 ? (["captured", "plain"] as const) : (["plain", "captured"] as const)) {
+        await reset(db);
+        const before = delivered;
+        counting = v === "captured";
+        const tps = opts.driver === "pgbench" ? await pgbenchTps(opts, dir, v) : await nodeTps(opts, v);
+        counting = false;
+        if (v === "captured") {
+          const [{ n }] = await sql<{ n: number }[]>`select coalesce(sum(count), 0)::int as n from outbox._events`;
+          transactions += n;
+          const deadline = Date.now() + 120_000;
+          while (delivered - before < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+          if (delivered - before < n) throw new Error(`the worker delivered ${delivered - before} of ${n} events within 2 minutes`);
+        }
+        samples[v].push(tps);
+        opts.log(`  with worker  round ${round + 1}/${opts.rounds}  ${v.padEnd(8)} ${tps.toFixed(0)} tx/s`);
+      }
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+    await listener.unlisten();
+    await worker.stop();
+    await outbox.close();
+    db.conn.release();
+  }
+  const ratio = pairedRatio(samples.captured, samples.plain);
+  return {
+    label: `single-row insert, ${opts.clients} clients, worker delivering`,
+    plain: measure(samples.plain),
+    captured: measure(samples.captured),
+    ratio,
+    ratioWithoutWorker,
+    wakeNotifications: wakes,
+    transactions,
+    delivered,
+    // "Must not drop": within the run-to-run spread of the single-row ratio (about 0.05 here).
+    pass: ratio >= ratioWithoutWorker - 0.05,
+  };
 }
 
 const median = (xs: number[]): number => {
@@ -113,7 +219,12 @@ const median = (xs: number[]): number => {
 };
 const measure = (samples: number[]): Measure => ({ median: median(samples), samples });
 // Round r starts with a different variant, so no variant always runs first or last.
-const rotated = (round: number): Variant[] => VARIANTS.map((_, i) => VARIANTS[(i + round) % VARIANTS.length]!);
+const rotated = (round: number, variants: readonly Variant[] = VARIANTS): Variant[] =>
+  variants.map((_, i) => variants[(i + round) % variants.length]!);
+// The add_job trigger runs in the single-row case only: on 10,000-row statements it takes
+// seconds per statement (a job row, its queue bookkeeping and a NOTIFY per row), which would
+// make the benchmark slower than its point needs.
+const BULK_VARIANTS = VARIANTS.filter((v) => v !== "naive");
 
 /**
  * Every timed round starts from the same state: empty tables (or `seed` fresh rows in the
@@ -126,8 +237,8 @@ async function reset(db: Db, seed?: Variant): Promise<void> {
   const { conn } = db;
   await conn.unsafe(`truncate ${VARIANTS.map(table).join(", ")}, bench_bare_log restart identity`);
   if (seed) await conn.unsafe(INSERT_BULK(table(seed)));
-  await conn.unsafe(`truncate outbox._events`);
-  await conn.unsafe(`vacuum analyze ${VARIANTS.map(table).join(", ")}, bench_bare_log, outbox._events`);
+  await conn.unsafe(`truncate outbox._events, outbox.deliveries, graphile_worker._private_jobs`);
+  await conn.unsafe(`vacuum analyze ${VARIANTS.map(table).join(", ")}, bench_bare_log, outbox._events, outbox.deliveries, graphile_worker._private_jobs`);
   if (db.checkpoint) await conn.unsafe(`checkpoint`);
 }
 
@@ -170,7 +281,7 @@ async function nodeTps(opts: CaptureOptions, v: Variant): Promise<number> {
 }
 
 async function singleRow(opts: CaptureOptions, db: Db): Promise<Record<Variant, number[]>> {
-  const out: Record<Variant, number[]> = { plain: [], captured: [], bare: [] };
+  const out: Record<Variant, number[]> = { plain: [], captured: [], bare: [], naive: [] };
   const dir = await mkdtemp(join(tmpdir(), "outbox-bench-"));
   try {
     for (let round = 0; round < opts.rounds; round++) {
@@ -191,10 +302,10 @@ async function singleRow(opts: CaptureOptions, db: Db): Promise<Record<Variant, 
 async function bulk(
   opts: CaptureOptions, db: Db, name: string, statement: (t: string) => string, seeded: boolean,
 ): Promise<Record<Variant, number[]>> {
-  const out: Record<Variant, number[]> = { plain: [], captured: [], bare: [] };
+  const out: Record<Variant, number[]> = { plain: [], captured: [], bare: [], naive: [] };
   // Rep 0 is a warm-up (plpgsql compilation, plan caching, first extension of the files).
   for (let rep = 0; rep <= opts.reps; rep++) {
-    for (const v of rotated(rep)) {
+    for (const v of rotated(rep, BULK_VARIANTS)) {
       await reset(db, seeded ? v : undefined);
       const start = performance.now();
       await db.conn.unsafe(statement(table(v)));
@@ -213,9 +324,14 @@ async function bulk(
 const pairedRatio = (a: number[], base: number[]): number => median(a.map((x, i) => x / base[i]!));
 
 function result(id: string, label: string, unit: CaseResult["unit"], goal: number, samples: Record<Variant, number[]>): CaseResult {
-  const [plain, captured, bare] = [measure(samples.plain), measure(samples.captured), measure(samples.bare)];
+  const [plain, captured, bare, naive] = [measure(samples.plain), measure(samples.captured), measure(samples.bare), measure(samples.naive)];
   const ratio = pairedRatio(samples.captured, samples.plain);
-  return { id, label, unit, goal, plain, captured, bare, ratio, bareRatio: pairedRatio(samples.bare, samples.plain), pass: ratio >= goal };
+  return {
+    id, label, unit, goal, plain, captured, bare, naive, ratio,
+    bareRatio: pairedRatio(samples.bare, samples.plain),
+    naiveRatio: samples.naive.length ? pairedRatio(samples.naive, samples.plain) : null,
+    pass: ratio >= goal,
+  };
 }
 
 /** Runs the three write-path cases; the database must have been set up by {@link setupCapture}. */

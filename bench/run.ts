@@ -1,11 +1,13 @@
 /**
  * `npm run bench`: the write-path benchmark (DESIGN.md, "The write path is sacred").
  *
- *   npm run bench                  full run (about 3 minutes)
- *   npm run bench -- --quick       short run for CI (about 20 s): same cases, noisier
+ *   npm run bench                  every part, full length (about 6 minutes)
+ *   npm run bench -- --quick       short run for CI (about a minute): same cases, noisier
  *   npm run bench -- --seconds 20  longer single-row rounds
- *   npm run bench -- --part delivery  delivery latency and throughput vs graphile-worker
- *                                     (bench/delivery.ts; database outbox_bench_delivery)
+ *   npm run bench -- --part capture   the write path only (bench/capture.ts)
+ *   npm run bench -- --part delivery  delivery latency, throughput and fan-out vs
+ *                                     graphile-worker (bench/delivery.ts; database
+ *                                     outbox_bench_delivery)
  *
  * Uses DATABASE_URL's server when set, else an embedded PostgreSQL. It drops and recreates
  * the database `outbox_bench` there, migrates it, and writes the results to
@@ -21,7 +23,7 @@ import { parseArgs, promisify } from "node:util";
 import postgres from "postgres";
 import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embeddedPostgres.js";
 import { migrate } from "../src/db/migrate.js";
-import { runCapture, setupCapture, type CaptureOptions, type CaseResult } from "./capture.js";
+import { runCapture, runWorkerCase, setupCapture, type CaptureOptions, type CaseResult, type WorkerCaseResult } from "./capture.js";
 import { printDelivery, runDelivery } from "./delivery.js";
 
 const DATABASE = "outbox_bench";
@@ -34,9 +36,10 @@ const { values: args } = parseArgs({
     rounds: { type: "string" },
     reps: { type: "string" },
     driver: { type: "string" },
-    part: { type: "string", default: "capture" },
+    part: { type: "string", default: "all" },
     samples: { type: "string" },
     events: { type: "string" },
+    "fan-events": { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -47,8 +50,9 @@ if (args.help) {
   --rounds N    single-row rounds per variant, alternating (default 5)
   --reps N      timed repetitions of each 10,000-row statement (default 9)
   --driver      pgbench (default when on PATH) or node (postgres.js, 4 connections)
-  --part        capture (default) or delivery (bench/delivery.ts: latency and throughput
-                against graphile-worker; --samples N latency samples (300), --events N (20000))`);
+  --part        all (default), capture, or delivery (bench/delivery.ts: latency, throughput
+                and fan-out against graphile-worker; --samples N latency samples (300),
+                --events N throughput events (20000), --fan-events N fan-out events (20000))`);
   process.exit(0);
 }
 
@@ -91,12 +95,17 @@ function withDatabase(url: string, database: string): string {
 
 const fmt = (n: number): string => Math.round(n).toLocaleString("en-US");
 
-function printTable(cases: CaseResult[]): void {
-  const header = ["case", "unit", "baseline", "captured", "ratio", "goal", "result", "bare trigger", "bare ratio"];
+function printTable(cases: CaseResult[], workerCase: WorkerCaseResult): void {
+  const header = ["case", "unit", "baseline", "captured", "ratio", "goal", "result", "bare ratio", "add_job ratio"];
   // Ratios are medians of per-round ratios (bench/capture.ts), hence not exactly captured/baseline.
   const rows = cases.map((c) => [
     c.label, c.unit, fmt(c.plain.median), fmt(c.captured.median), c.ratio.toFixed(2), `>= ${c.goal.toFixed(2)}`,
-    c.pass ? "pass" : "MISSED", fmt(c.bare.median), c.bareRatio.toFixed(2),
+    c.pass ? "pass" : "MISSED", c.bareRatio.toFixed(2), c.naiveRatio?.toFixed(2) ?? "",
+  ]);
+  const w = workerCase;
+  rows.push([
+    w.label, "tx/s", fmt(w.plain.median), fmt(w.captured.median), w.ratio.toFixed(2),
+    `>= ${(w.ratioWithoutWorker - 0.05).toFixed(2)}`, w.pass ? "pass" : "MISSED", "", "",
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]): string =>
@@ -104,16 +113,19 @@ function printTable(cases: CaseResult[]): void {
   console.log(`\n${line(header)}\n${widths.map((w) => "-".repeat(w)).join("  ")}`);
   for (const r of rows) console.log(line(r));
   console.log("\nbaseline: the same table without capture; ratio: median of per-round captured/baseline");
-  console.log("bare trigger: a row trigger inserting one jsonb row per changed row (DESIGN.md), for context");
-  const missed = cases.filter((c) => !c.pass);
-  console.log(missed.length
-    ? `GOAL MISSED: ${missed.map((c) => `${c.label} ${c.ratio.toFixed(2)} < ${c.goal.toFixed(2)}`).join("; ")}`
-    : "all goals met");
+  console.log("bare: a row trigger inserting one jsonb row per changed row (DESIGN.md), for context");
+  console.log("add_job: the naive design, a row trigger calling graphile_worker.add_job per row");
+  console.log(`worker delivering: the worker ran in both variants and delivered all ${fmt(w.delivered)} events; ` +
+    `${w.wakeNotifications} wake-up notifications for ${fmt(w.transactions)} captured transactions; ` +
+    `goal: no lower than the ratio without a worker (${w.ratioWithoutWorker.toFixed(2)}) minus 0.05 of noise`);
+  const missed = [...cases.filter((c) => !c.pass).map((c) => `${c.label} ${c.ratio.toFixed(2)} < ${c.goal.toFixed(2)}`),
+    ...(w.pass ? [] : [`${w.label} ${w.ratio.toFixed(2)} < ${(w.ratioWithoutWorker - 0.05).toFixed(2)}`])];
+  console.log(missed.length ? `GOAL MISSED: ${missed.join("; ")}` : "all goals met");
 }
 
 const quick = args.quick ?? false;
-if (args.part !== "capture" && args.part !== "delivery") {
-  console.error(`--part must be capture or delivery, not ${JSON.stringify(args.part)}`);
+if (args.part !== "all" && args.part !== "capture" && args.part !== "delivery") {
+  console.error(`--part must be all, capture or delivery, not ${JSON.stringify(args.part)}`);
   process.exit(2);
 }
 const driver = args.driver ?? ((await hasPgbench()) ? "pgbench" : "node");
@@ -131,19 +143,20 @@ if (!serverUrl) {
 }
 
 try {
-  if (args.part === "delivery") await deliveryPart(serverUrl);
-  else await capturePart(serverUrl);
+  if (args.part === "all" || args.part === "capture") await capturePart(serverUrl);
+  if (args.part === "all" || args.part === "delivery") await deliveryPart(serverUrl);
 } finally {
   await embedded?.stop();
 }
 
 async function deliveryPart(serverUrl: string): Promise<void> {
   const options = {
-    samples: positive("samples", args.samples, 300),
-    warmup: 30,
+    samples: positive("samples", args.samples, quick ? 100 : 300),
+    warmup: quick ? 10 : 30,
     intervalMs: 20,
-    events: positive("events", args.events, 20_000),
-    batch: 1000,
+    events: positive("events", args.events, quick ? 5000 : 20_000),
+    batch: 100,
+    fanEvents: positive("fan-events", args["fan-events"], quick ? 1000 : 20_000),
   };
   const started = new Date();
   const loadAtStart = loadavg()[0]!;
@@ -180,7 +193,7 @@ async function capturePart(serverUrl: string): Promise<void> {
   const url = withDatabase(serverUrl, DATABASE);
   const sql = postgres(url, { max: 2, onnotice: () => undefined });
   await migrate(sql);
-  await setupCapture(sql);
+  await setupCapture(sql, url);
 
   // Settings that move the figures: commit durability, and whether the outbox got lz4 (builds
   // without it, such as some embedded binaries, compress large statements with slower pglz).
@@ -206,8 +219,9 @@ async function capturePart(serverUrl: string): Promise<void> {
   const started = new Date();
   // Progress goes to stderr so that stdout carries only the table.
   const cases = await runCapture(sql, { ...options, url, log: (l) => console.error(l) });
+  const workerCase = await runWorkerCase(sql, { ...options, url, log: (l) => console.error(l) }, cases[0]!.ratio);
   await sql.end();
-  printTable(cases);
+  printTable(cases, workerCase);
 
   const report = {
     part: "capture",
@@ -221,6 +235,7 @@ async function capturePart(serverUrl: string): Promise<void> {
       loadAverage: { start: loadAtStart, end: loadavg()[0] },
     },
     cases,
+    workerCase,
   };
   await mkdir(resultsDir, { recursive: true });
   const stamp = started.toISOString().replace(/[:.]/g, "-");

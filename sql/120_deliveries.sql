@@ -21,7 +21,7 @@ begin
   if not found then return; end if;
   v_concurrency := (v_sub.config ->> 'concurrency')::int;
   if v_concurrency is not null then
-    perform pg_advisory_xact_lock(7320110002, hashtext(p_subscription));
+    perform pg_advisory_xact_lock(hashtextextended(p_subscription, 7320110002));
     v_limit := least(v_limit, v_concurrency - (
       select count(*)::int from outbox.deliveries d
       where d.status = 'delivering' and d.subscription = p_subscription and d.locked_until > now()));

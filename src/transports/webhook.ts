@@ -5,13 +5,12 @@
  */
 import { createHash, createHmac } from "node:crypto";
 import { Agent, buildConnector, request } from "undici";
-import { describeIssues } from "../config.js";
 import { AddressRefusedError } from "../errors.js";
 import { AddressPolicy, type AddressPolicyOptions } from "./addressPolicy.js";
 import { DEFAULT_DEACTIVATE_AFTER_FAILING_MS, EndpointHealth } from "./endpointHealth.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport, TransportContext } from "./transport.js";
 import { errorText } from "./transport.js";
-import { DEFAULT_TIMEOUT_MS, webhookConfigSchema } from "./webhookConfig.js";
+import { DEFAULT_TIMEOUT_MS, webhookConfigProblems, webhookConfigSchema } from "./webhookConfig.js";
 import { redact, webhookOutcome } from "./webhookOutcome.js";
 
 export { webhookConfigSchema, type WebhookConfig } from "./webhookConfig.js";
@@ -205,7 +204,7 @@ export class WebhookTransport implements Transport {
     const parsed = webhookConfigSchema.safeParse(subscription.config);
     let prepared: Prepared | string;
     if (!parsed.success) {
-      prepared = `invalid webhook config: ${describeIssues(parsed.error, "config.")}`;
+      prepared = `invalid webhook config: ${webhookConfigProblems(subscription.config)}`;
     } else {
       const config = parsed.data;
       const secretList = config.secret ? config.secret.split(" ") : [];

@@ -111,3 +111,10 @@ export const webhookConfigSchema = z.strictObject({
 
 /** A validated webhook config. */
 export type WebhookConfig = z.infer<typeof webhookConfigSchema>;
+
+/** What is wrong with a webhook config, one `config.<key> <problem>` per issue; null when it is valid. */
+export function webhookConfigProblems(config: unknown): string | null {
+  const parsed = webhookConfigSchema.safeParse(config);
+  if (parsed.success) return null;
+  return parsed.error.issues.map((issue) => `config${issue.path.map((p) => `.${String(p)}`).join("")} ${issue.message}`).join("; ");
+}

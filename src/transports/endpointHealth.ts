@@ -20,6 +20,9 @@ interface State {
   written?: boolean;
   writtenAt: number;
   busy: boolean;
+  /** The latest result seen, and a timer that writes it when a change arrived too soon after a write. */
+  latest?: boolean;
+  trailing?: NodeJS.Timeout;
 }
 
 /** Options of {@link EndpointHealth}. */
@@ -56,21 +59,38 @@ export class EndpointHealth {
     const now = Date.now();
     let state = this.states.get(subscription);
     if (!state) this.states.set(subscription, (state = { writtenAt: -Infinity, busy: false }));
+    state.latest = ok;
     const gap = state.written === ok ? this.refreshMs : MIN_WRITE_GAP_MS;
-    if (state.busy || now - state.writtenAt < gap) return undefined;
+    if (state.busy || now - state.writtenAt < gap) {
+      // A change that came too soon is written a moment later: a success must not be lost
+      // when no request follows it (a stale failing_since would deactivate the endpoint later).
+      if (state.written !== ok && !state.trailing) {
+        const s = state;
+        s.trailing = setTimeout(() => {
+          s.trailing = undefined;
+          if (s.latest !== undefined && s.latest !== s.written) void this.record(subscription, s.latest);
+        }, Math.max(10, s.writtenAt + MIN_WRITE_GAP_MS - now));
+        s.trailing.unref();
+      }
+      return undefined;
+    }
     state.busy = true;
     try {
       const since = await subscriptionHealthRecord(this.options.sql, subscription, ok, this.deactivateAfterMs);
       state.written = ok;
-      state.writtenAt = Date.now();
       return since ?? undefined;
     } catch (error) {
       // Health is advisory: a lost write only delays a deactivation. Try again after a gap.
-      state.writtenAt = Date.now();
       this.options.logger.warn({ subscription, err: error }, "could not record endpoint health");
       return undefined;
     } finally {
+      state.writtenAt = Date.now();
       state.busy = false;
     }
+  }
+
+  /** Stops pending trailing writes (the worker is stopping). */
+  close(): void {
+    for (const state of this.states.values()) clearTimeout(state.trailing);
   }
 }

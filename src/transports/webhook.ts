@@ -224,6 +224,7 @@ export class WebhookTransport implements Transport {
   }
 
   async close(): Promise<void> {
+    this.health.close();
     await this.agent.close();
   }
 }

@@ -8,6 +8,8 @@
  *   npm run bench -- --part delivery  delivery latency, throughput and fan-out vs
  *                                     graphile-worker (bench/delivery.ts; database
  *                                     outbox_bench_delivery)
+ *   npm run bench -- --part webhook   events/s to a local HTTP receiver, batch_size 1 and 100
+ *                                     (bench/webhook.ts; database outbox_bench_webhook)
  *
  * Uses DATABASE_URL's server when set, else an embedded PostgreSQL. It drops and recreates
  * the database `outbox_bench` there, migrates it, and writes the results to
@@ -25,6 +27,7 @@ import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embeddedPo
 import { migrate } from "../src/db/migrate.js";
 import { runCapture, runWorkerCase, setupCapture, type CaptureOptions, type CaseResult, type WorkerCaseResult } from "./capture.js";
 import { printDelivery, runDelivery } from "./delivery.js";
+import { printWebhook, runWebhook } from "./webhook.js";
 
 const DATABASE = "outbox_bench";
 const resultsDir = new URL("./results/", import.meta.url);
@@ -52,7 +55,8 @@ if (args.help) {
   --driver      pgbench (default when on PATH) or node (postgres.js, 4 connections)
   --part        all (default), capture, or delivery (bench/delivery.ts: latency, throughput
                 and fan-out against graphile-worker; --samples N latency samples (300),
-                --events N throughput events (20000), --fan-events N fan-out events (20000))`);
+                --events N throughput events (20000), --fan-events N fan-out events (20000)),
+                or webhook (bench/webhook.ts: events/s to a local HTTP receiver)`);
   process.exit(0);
 }
 
@@ -124,8 +128,8 @@ function printTable(cases: CaseResult[], workerCase: WorkerCaseResult): void {
 }
 
 const quick = args.quick ?? false;
-if (args.part !== "all" && args.part !== "capture" && args.part !== "delivery") {
-  console.error(`--part must be all, capture or delivery, not ${JSON.stringify(args.part)}`);
+if (!["all", "capture", "delivery", "webhook"].includes(args.part!)) {
+  console.error(`--part must be all, capture, delivery or webhook, not ${JSON.stringify(args.part)}`);
   process.exit(2);
 }
 const driver = args.driver ?? ((await hasPgbench()) ? "pgbench" : "node");
@@ -145,6 +149,7 @@ if (!serverUrl) {
 try {
   if (args.part === "all" || args.part === "capture") await capturePart(serverUrl);
   if (args.part === "all" || args.part === "delivery") await deliveryPart(serverUrl);
+  if (args.part === "all" || args.part === "webhook") await webhookPart(serverUrl);
 } finally {
   await embedded?.stop();
 }
@@ -182,6 +187,34 @@ async function deliveryPart(serverUrl: string): Promise<void> {
   await writeFile(new URL(`delivery-${stamp}.json`, resultsDir), json);
   await writeFile(new URL("delivery-latest.json", resultsDir), json);
   console.log(`\nwritten: bench/results/delivery-${stamp}.json and bench/results/delivery-latest.json`);
+}
+
+async function webhookPart(serverUrl: string): Promise<void> {
+  const options = { events: quick ? 5000 : 30_000, batchedEvents: quick ? 20_000 : 200_000 };
+  const started = new Date();
+  const loadAtStart = loadavg()[0]!;
+  if (loadAtStart > 1) console.error(`note: load average ${loadAtStart.toFixed(2)} before the run; expect noisier figures`);
+  const result = await runWebhook({ ...options, serverUrl, log: (l) => console.error(l) });
+  printWebhook(result);
+  const report = {
+    part: "webhook",
+    startedAt: started.toISOString(),
+    durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
+    options,
+    server: { embedded: embedded !== undefined },
+    git: await gitState(),
+    machine: {
+      cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryBytes: totalmem(), node: process.version,
+      loadAverage: { start: loadAtStart, end: loadavg()[0] },
+    },
+    ...result,
+  };
+  await mkdir(resultsDir, { recursive: true });
+  const stamp = started.toISOString().replace(/[:.]/g, "-");
+  const json = `${JSON.stringify(report, null, 2)}\n`;
+  await writeFile(new URL(`webhook-${stamp}.json`, resultsDir), json);
+  await writeFile(new URL("webhook-latest.json", resultsDir), json);
+  console.log(`\nwritten: bench/results/webhook-${stamp}.json and bench/results/webhook-latest.json`);
 }
 
 async function capturePart(serverUrl: string): Promise<void> {

@@ -24,6 +24,11 @@ export const cliEnvSchema = z.object({
   DATABASE_URL: connectionStringSchema.optional(),
   /** Log level; default `info`. */
   OUTBOX_LOG_LEVEL: logLevelSchema.default("info"),
+  /** `outbox worker`: whether webhooks may target loopback and private addresses; default `true`. */
+  OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS: z
+    .enum(["true", "false"], { error: "must be true or false" })
+    .default("true")
+    .transform((value) => value === "true"),
 });
 
 /** Validated CLI environment. */

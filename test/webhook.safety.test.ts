@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
 import { after, test } from "node:test";
 import { AddressPolicy } from "../src/transports/addressPolicy.js";
 import { DEFAULT_DEACTIVATE_AFTER_FAILING_MS } from "../src/transports/endpointHealth.js";
@@ -214,4 +215,34 @@ test("a success resets the failing clock, and the default period is 3 days", asy
   assert.ok(row!.last_success_at);
   await db.sql`update outbox.subscriptions set config = '{"url": "http://127.0.0.1:10/x"}' where name = 'f_clock'`;
   assert.equal((await db.sql`select 1 from outbox._subscription_health where subscription = 'f_clock'`).length, 0, "a new config restarts the clock too");
+});
+
+test("outbox worker takes the address policy from OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS, and refuses a value that is not true or false", async () => {
+  const bad = spawnSync(process.execPath, ["--import", "tsx", "src/cli/main.ts", "worker"], {
+    encoding: "utf8",
+    env: { ...process.env, DATABASE_URL: db.url, OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS: "no" },
+    timeout: 60_000,
+  });
+  assert.equal(bad.status, 3, bad.stderr);
+  assert.match(bad.stderr, /OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS must be true or false/);
+
+  const r = await receiver();
+  await webhookSubscription(db.sql, "cli_private", "cli1.**", { url: `${r.origin}/x` });
+  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "worker"], {
+    env: { ...process.env, DATABASE_URL: db.url, OUTBOX_LOG_LEVEL: "error", OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS: "false" },
+    stdio: "ignore",
+  });
+  const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+  try {
+    await emitEvents(db.sql, "cli1.created");
+    const d = await waitFor(async () => {
+      const [row] = await webhookDeliveries(db.sql, "cli_private");
+      return row?.status === "dead" ? row : undefined;
+    }, "the worker process to refuse the loopback endpoint", 30_000);
+    assert.match(d.last_error!, /^address refused: 127\.0\.0\.1 is a loopback address/);
+    assert.equal(r.requests.length, 0);
+  } finally {
+    child.kill("SIGTERM");
+    assert.equal(await exited, 0, "SIGTERM drains and exits 0");
+  }
 });

@@ -84,7 +84,11 @@ program
   .action(async () => {
     const env = readEnv();
     const logger = commandLogger(env);
-    const outbox = createOutbox({ connectionString: requireDatabaseUrl(env), logger });
+    const outbox = createOutbox({
+      connectionString: requireDatabaseUrl(env),
+      logger,
+      webhooks: { allowPrivateNetworks: env.OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS },
+    });
     // A connection terminated under a pool can surface as a rejection no query owns; the
     // worker recovers from connection loss by itself, so such a rejection is logged, not fatal.
     process.on("unhandledRejection", (reason) => logger.error({ err: reason }, "unhandled rejection (continuing)"));

@@ -4,5 +4,7 @@ export type { CaptureOptions, CaptureRow } from "./db/captures.js";
 export type { EventRow, Queryable } from "./db/events.js";
 export { migrate } from "./db/migrate.js";
 export { startEmbeddedPostgres, type EmbeddedServer, type EmbeddedOptions } from "./db/embeddedPostgres.js";
-export { OutboxError, ConfigError, type OutboxErrorCode } from "./errors.js";
+export { OutboxError, ConfigError, AddressRefusedError, type OutboxErrorCode } from "./errors.js";
+export { webhookConfigSchema, webhookConfigProblems, type WebhookConfig } from "./transports/webhookConfig.js";
+export { webhookSignature, webhookBatchId } from "./transports/webhook.js";
 export { createLogger, type Logger, type LoggerOptions } from "./logger.js";

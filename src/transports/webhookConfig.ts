@@ -105,7 +105,7 @@ export const webhookConfigSchema = z.strictObject({
   timeout_ms: wholeNumber(100, 300_000).optional(),
   /** Events per request: 1 sends the envelope, more send a JSON array of up to this many; default 1. */
   batch_size: wholeNumber(1, 1000).optional(),
-  /** Requests in flight for this subscription across all workers; default: no limit but the worker's. */
+  /** Deliveries (events) in flight for this subscription across all workers; default: no limit but the worker's. */
   concurrency: wholeNumber(1, 10_000).optional(),
 });
 

@@ -12,14 +12,14 @@ import {
   type WebhookDelivery,
 } from "./webhookReceiver.js";
 
-const db = useTestDatabase();
 let worker: ReturnType<typeof startWebhookWorker> | undefined;
 const receivers: Receiver[] = [];
-
+// Registered before useTestDatabase's hook, so it runs first: the worker stops before its database is dropped.
 after(async () => {
   await (await worker)?.stop();
   await Promise.all(receivers.map((r) => r.close()));
 });
+const db = useTestDatabase();
 
 /** A receiver, and the file's one worker (started with the first receiver, once the database exists). */
 async function receiver(...args: Parameters<typeof startReceiver>): Promise<Receiver> {

@@ -14,11 +14,11 @@ import {
   type WebhookDelivery,
 } from "./webhookReceiver.js";
 
-const db = useTestDatabase();
 const cleanups: Array<() => Promise<void>> = [];
 after(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup();
 });
+const db = useTestDatabase();
 
 async function receiver(...args: Parameters<typeof startReceiver>): Promise<Receiver> {
   const r = await startReceiver(...args);

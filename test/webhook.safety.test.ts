@@ -246,3 +246,21 @@ test("outbox worker takes the address policy from OUTBOX_WEBHOOKS_ALLOW_PRIVATE_
     assert.equal(await exited, 0, "SIGTERM drains and exits 0");
   }
 });
+
+test("a stopping worker does not wait out a long timeout_ms: after its drain time the open request is aborted and the delivery handed back", async () => {
+  let closedAt = 0;
+  const silent = await receiver((_, _res, raw) => raw.socket.once("close", () => (closedAt = Date.now())));
+  await webhookSubscription(db.sql, "o_stop", "o12.**", { url: `${silent.origin}/x`, timeout_ms: 120_000 });
+  const own = await startWebhookWorker(db, {}, { drainTimeoutMs: 500 });
+  try {
+    await emitEvents(db.sql, "o12.created");
+    await waitFor(async () => silent.requests.length === 1, "the request to be open");
+  } finally {
+    const t0 = Date.now();
+    await own.stop();
+    assert.ok(Date.now() - t0 < 5000, `stopped in ${Date.now() - t0} ms`);
+  }
+  await waitFor(async () => closedAt > 0, "the connection to be closed");
+  const [d] = await webhookDeliveries(db.sql, "o_stop");
+  assert.equal(d!.status, "retrying", "handed back for another attempt");
+});

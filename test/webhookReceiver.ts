@@ -83,20 +83,21 @@ export async function startReceiver(respond: Responder = (_, res) => res.writeHe
 export async function startWebhookWorker(
   db: TestDatabase,
   webhooks: OutboxOptions["webhooks"] = {},
+  worker: OutboxOptions["worker"] = {},
 ): Promise<{ outbox: Outbox; worker: OutboxWorker; logs: string[]; stop: () => Promise<void> }> {
   const logs: string[] = [];
   const logger: Logger = pino({ level: "trace" }, { write: (line: string) => void logs.push(line) });
-  const outbox = createOutbox({ connectionString: db.url, worker: testWorkerOptions, webhooks, logger });
-  const worker = await outbox.start();
+  const outbox = createOutbox({ connectionString: db.url, worker: { ...testWorkerOptions, ...worker }, webhooks, logger });
+  const running = await outbox.start();
   let stopped = false;
   return {
     outbox,
-    worker,
+    worker: running,
     logs,
     stop: async () => {
       if (stopped) return;
       stopped = true;
-      await worker.stop();
+      await running.stop();
       await outbox.close();
     },
   };

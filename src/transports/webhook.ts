@@ -223,9 +223,10 @@ export class WebhookTransport implements Transport {
     return prepared;
   }
 
+  /** Called after the worker's drain: requests still open are aborted (their leases expire and they are retried). */
   async close(): Promise<void> {
     this.health.close();
-    await this.agent.close();
+    await this.agent.destroy();
   }
 }
 

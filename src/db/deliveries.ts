@@ -32,17 +32,23 @@ export interface DeliveryResult {
   retryAfterMs: number | null;
 }
 
-/** Records a batch of outcomes in one statement; returns how many were still leased to `worker`. */
+/**
+ * Records a batch of outcomes in one statement; returns how many were still leased to `worker`.
+ * The columns travel as one JSON array of rows: the worker's clients do not fetch array types
+ * (see `workerClientOptions`), so postgres.js cannot serialize JS arrays for them.
+ */
 export async function deliveryCompleteBatch(sql: Sql, worker: string, results: DeliveryResult[]): Promise<number> {
   if (results.length === 0) return 0;
+  const rows = JSON.stringify(results.map((r) => [r.id, r.outcome, r.error, r.status, r.retryAfterMs]));
   const [row] = await sql<{ n: number }[]>`
+    with r as (select x.v, x.n from json_array_elements(${rows}::text::json) with ordinality x(v, n))
     select outbox._delivery_complete(
       ${worker},
-      ${results.map((r) => r.id)}::bigint[],
-      ${results.map((r) => r.outcome)}::text[],
-      ${results.map((r) => r.error)}::text[],
-      ${results.map((r) => r.status)}::int[],
-      ${results.map((r) => r.retryAfterMs)}::int[]) as n`;
+      array(select (v ->> 0)::bigint from r order by n),
+      array(select v ->> 1 from r order by n),
+      array(select v ->> 2 from r order by n),
+      array(select (v ->> 3)::int from r order by n),
+      array(select (v ->> 4)::int from r order by n)) as n`;
   return row?.n ?? 0;
 }
 

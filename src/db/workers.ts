@@ -4,7 +4,8 @@ import type { Sql } from "postgres";
 /** Registers a worker process. */
 export async function workerRegister(sql: Sql, id: string, handlers: string[]): Promise<void> {
   await sql`
-    insert into outbox._workers (id, handlers) values (${id}, ${handlers})
+    insert into outbox._workers (id, handlers)
+    values (${id}, array(select json_array_elements_text(${JSON.stringify(handlers)}::text::json)))
     on conflict (id) do update set handlers = excluded.handlers, heartbeat_at = now()`;
 }
 

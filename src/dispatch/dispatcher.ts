@@ -8,6 +8,7 @@ import {
 } from "../db/dispatchState.js";
 import { isConnectionError, OutboxError, sqlStateOf } from "../errors.js";
 import type { Logger } from "../logger.js";
+import { workerClientOptions } from "../worker/workerClientOptions.js";
 
 /** Options of the {@link Dispatcher}. */
 export interface DispatcherOptions {
@@ -37,10 +38,10 @@ export class Dispatcher {
     this.maxEvents = options.maxEventsPerRound ?? 5000;
     this.logger = options.logger;
     this.client = postgres(options.connectionString, {
+      ...workerClientOptions,
       max: 1,
       idle_timeout: 0,
       max_lifetime: null,
-      onnotice: () => undefined,
       onclose: () => {
         if (this.holding) this.logger.warn("dispatcher connection closed: dispatcher role released");
         this.holding = false;
@@ -93,7 +94,7 @@ export class Dispatcher {
   async stop(): Promise<void> {
     if (this.holding) await this.guarded(dispatchLockRelease(this.client)).catch(() => undefined);
     this.holding = false;
-    await this.client.end({ timeout: 5 });
+    await this.client.end({ timeout: 1 }); // see the stop of src/worker/worker.ts
   }
 
   /** `work`, or a rejection as soon as the connection closes. */

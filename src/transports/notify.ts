@@ -41,7 +41,8 @@ export class NotifyTransport implements Transport {
     });
     try {
       await this.context.sql`
-        select pg_notify(${parsed.data.channel}, p) from unnest(${payloads}::text[]) with ordinality u(p, n) order by n`;
+        select pg_notify(${parsed.data.channel}, p)
+        from json_array_elements_text(${JSON.stringify(payloads)}::text::json) with ordinality u(p, n) order by n`;
       return attempts.map(() => ({ outcome: "delivered" }));
     } catch (error) {
       return attempts.map(() => ({ outcome: "retry", error: errorText(error) }));

@@ -66,6 +66,10 @@ export type DeliveryOutcome =
 
 /** What a transport gets to work with. */
 export interface TransportContext {
+  /**
+   * The worker's pool. It does not fetch array types (see src/worker/workerClientOptions.ts):
+   * pass arrays to queries as JSON (`json_array_elements_text(${JSON.stringify(xs)}::text::json)`).
+   */
   sql: Sql;
   logger: Logger;
 }

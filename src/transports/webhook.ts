@@ -4,7 +4,7 @@
  * actually dialled, and deactivation of endpoints that answer 410 or keep failing.
  */
 import { createHash, createHmac } from "node:crypto";
-import { Agent, buildConnector, request } from "undici";
+import { Agent, buildConnector } from "undici";
 import { AddressRefusedError } from "../errors.js";
 import { AddressPolicy, type AddressPolicyOptions } from "./addressPolicy.js";
 import { DEFAULT_DEACTIVATE_AFTER_FAILING_MS, EndpointHealth } from "./endpointHealth.js";
@@ -12,6 +12,7 @@ import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport, Transpo
 import { errorText } from "./transport.js";
 import { DEFAULT_TIMEOUT_MS, webhookConfigProblems, webhookConfigSchema } from "./webhookConfig.js";
 import { redact, webhookOutcome } from "./webhookOutcome.js";
+import { Deadlines, postWebhook, WebhookTimeoutError } from "./webhookRequest.js";
 
 export { webhookConfigSchema, type WebhookConfig } from "./webhookConfig.js";
 
@@ -26,14 +27,15 @@ export interface WebhookTransportOptions extends AddressPolicyOptions {
   connectionsPerOrigin?: number;
 }
 
-/** Most of a response body that is read (the rest is dropped with the connection). */
-const MAX_RESPONSE_BYTES = 64 * 1024;
 /** Characters of the response body kept in `last_error`. */
 const SNIPPET_CHARS = 200;
 
 /** A subscription's config, validated and turned into what each request needs. */
 interface Prepared {
   url: string;
+  origin: string;
+  /** Path and query of the URL. */
+  path: string;
   keys: Buffer[];
   headers: Record<string, string>;
   timeoutMs: number;
@@ -76,6 +78,7 @@ export class WebhookTransport implements Transport {
   private readonly policy: AddressPolicy;
   private readonly agent: Agent;
   private readonly health: EndpointHealth;
+  private readonly deadlines = new Deadlines();
   /** Keyed by the config object: the worker's subscription cache hands out new ones on reload. */
   private readonly prepared = new WeakMap<object, Prepared | string>();
 
@@ -164,35 +167,25 @@ export class WebhookTransport implements Transport {
   }
 
   private async send(subscription: string, prepared: Prepared, headers: Record<string, string>, body: string, secrets: string[]): Promise<DeliveryOutcome> {
-    const timeout = prepared.timeoutMs;
-    const signal = AbortSignal.timeout(timeout);
     try {
-      const response = await request(prepared.url, {
-        method: "POST",
+      const response = await postWebhook(this.agent, this.deadlines, {
+        origin: prepared.origin,
+        path: prepared.path,
         headers,
         body,
-        dispatcher: this.agent,
-        signal,
-        headersTimeout: timeout,
-        bodyTimeout: timeout,
+        timeoutMs: prepared.timeoutMs,
       });
-      const status = response.statusCode;
-      if (status >= 200 && status < 300) {
-        // Delivered once the status is in; the (usually empty) body is drained in the
-        // background so the connection can be reused.
-        response.body.dump({ limit: MAX_RESPONSE_BYTES }).catch(() => undefined);
-        return { outcome: "delivered", status };
-      }
-      let snippet: string;
-      try {
-        snippet = await readSnippet(response.body, secrets);
-      } catch {
-        snippet = signal.aborted ? `(body not read: timed out after ${timeout} ms)` : "(body not read: connection lost)";
-      }
-      return webhookOutcome({ status, headers: response.headers, snippet, url: prepared.url }, subscription);
+      const status = response.status;
+      if (status >= 200 && status < 300) return { outcome: "delivered", status };
+      const text = redact(response.body.toString("utf8"), secrets).replace(/\s+/g, " ").trim().slice(0, SNIPPET_CHARS);
+      const snippet = response.bodyCut && text === "" ? `(body not read: ${response.bodyCut})` : text;
+      return webhookOutcome(
+        { status, headers: { "retry-after": response.retryAfter, location: response.location }, snippet, url: prepared.url },
+        subscription,
+      );
     } catch (error) {
       if (error instanceof AddressRefusedError) return { outcome: "dead", error: `address refused: ${error.message}` };
-      if (signal.aborted) return { outcome: "retry", error: `timed out after ${timeout} ms without an answer` };
+      if (error instanceof WebhookTimeoutError) return { outcome: "retry", error: error.message };
       return { outcome: "retry", error: redact(connectionErrorText(error), secrets) };
     }
   }
@@ -210,8 +203,11 @@ export class WebhookTransport implements Transport {
       const secretList = config.secret ? config.secret.split(" ") : [];
       const custom = config.headers ?? {};
       const hasUserAgent = Object.keys(custom).some((h) => h.toLowerCase() === "user-agent");
+      const url = new URL(config.url);
       prepared = {
         url: config.url,
+        origin: url.origin,
+        path: `${url.pathname}${url.search}`,
         keys: secretList.map(secretKey),
         headers: { ...(hasUserAgent ? {} : { "user-agent": "pg-outbox" }), ...custom, "content-type": "application/json" },
         timeoutMs: config.timeout_ms ?? DEFAULT_TIMEOUT_MS,
@@ -246,20 +242,4 @@ function connectionErrorText(error: unknown): string {
   const text = errorText(error, 250);
   const causeText = cause instanceof Error && !text.includes(cause.message) ? ` (${errorText(cause, 120)})` : "";
   return `${text}${causeText}${typeof code === "string" && !text.includes(code) ? ` [${code}]` : ""}`.slice(0, 300);
-}
-
-/** The start of a response body: at most 64 KiB read, secrets redacted, whitespace folded, 200 characters kept. */
-async function readSnippet(body: AsyncIterable<Buffer> & { destroy(): unknown }, secrets: string[]): Promise<string> {
-  let size = 0;
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) {
-    chunks.push(chunk);
-    size += chunk.length;
-    if (size >= MAX_RESPONSE_BYTES) {
-      body.destroy();
-      break;
-    }
-  }
-  const text = Buffer.concat(chunks).subarray(0, MAX_RESPONSE_BYTES).toString("utf8");
-  return redact(text, secrets).replace(/\s+/g, " ").trim().slice(0, SNIPPET_CHARS);
 }

@@ -1248,22 +1248,26 @@ begin
     returning * into v_state;
   end if;
 
+  -- (a) and (b) in one statement, with the events they hold: one round trip inside the
+  -- function instead of three, on the path every wake-up takes.
   with fresh as (
-    select e.id, sum(e.count) over (order by e.id) - e.count as before
+    select e.id, e.count, sum(e.count) over (order by e.id) - e.count as before
     from outbox._events e
     where e.id > v_state.last_id
     order by e.id
     limit greatest(p_max_events, 1)
+  ),
+  picked as (
+    select f.id, f.count, true as is_fresh from fresh f where f.before < greatest(p_max_events, 1)
+    union all
+    select e.id, e.count, false from outbox._events e
+    where v_state.snapshot_xmax is not null
+      and e.id <= v_state.last_id
+      and (e.xid = any(v_state.snapshot_xip) or e.xid >= v_state.snapshot_xmax)
   )
-  select array_agg(f.id order by f.id), max(f.id) into v_ids, v_new_last
-  from fresh f where f.before < greatest(p_max_events, 1);
-
-  if v_state.snapshot_xmax is not null then
-    v_ids := coalesce(v_ids, '{}') || array(
-      select e.id from outbox._events e
-      where e.id <= v_state.last_id
-        and (e.xid = any(v_state.snapshot_xip) or e.xid >= v_state.snapshot_xmax));
-  end if;
+  select array_agg(p.id order by p.id), max(p.id) filter (where p.is_fresh), coalesce(sum(p.count), 0)::int
+  into v_ids, v_new_last, v_events
+  from picked p;
 
   if coalesce(cardinality(v_ids), 0) = 0 then
     -- Nothing read: keeping the older snapshot is safe, since every transaction in flight
@@ -1272,8 +1276,6 @@ begin
     return query select 0, 0, v_state.last_id, null::bigint, null::text, null::uuid, null::bigint, null::text;
     return;
   end if;
-
-  select coalesce(sum(e.count), 0) into v_events from outbox._events e where e.id = any(v_ids);
 
   with matches as (
     select m.*, m.subscription = any(p_claim)

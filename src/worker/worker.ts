@@ -129,22 +129,28 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     return ticking;
   };
   const runTick = async (): Promise<void> => {
+    // Rounds in this tick that found work. A single one (a lone write woke an idle worker)
+    // leaves the idle mark alone: the next write may as well wake it too, and the mark is not
+    // rewritten twice per event at low rates. Two in a row mean a stream of writes: then the
+    // worker says it is busy, and writers stop notifying.
+    let busyRounds = 0;
     try {
       for (;;) {
         again = false;
-        if (Date.now() - lastRecoverAt > Math.min(5000, options.leaseMs / 2)) {
-          lastRecoverAt = Date.now();
-          const recovered = await deliveryRecoverExpired(sql);
-          if (recovered > 0) logger.warn({ recovered }, "took over deliveries whose lease expired");
-        }
         const round = await dispatcher.runUntilCaughtUp(
           () => deliverer.dispatchClaimRequest(),
           (r) => deliverer.startClaimed(r.claimed),
         );
         const claimed = await deliverer.pumpAll();
+        // After dispatch, so that a wake-up's first round is not kept waiting.
+        if (Date.now() - lastRecoverAt > Math.min(5000, options.leaseMs / 2)) {
+          lastRecoverAt = Date.now();
+          const recovered = await deliveryRecoverExpired(sql);
+          if (recovered > 0) logger.warn({ recovered }, "took over deliveries whose lease expired");
+        }
         if (stopping) break;
         if ((round?.events ?? 0) > 0 || claimed > 0) {
-          if (idle) setIdle(false);
+          if (idle && ++busyRounds >= 2) setIdle(false);
           continue;
         }
         if (again) continue;

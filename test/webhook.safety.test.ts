@@ -175,8 +175,16 @@ test("an endpoint failing without a success for the configured period is deactiv
       "the subscription to be deactivated",
     );
     assert.match(row!.disabled_reason, /^the webhook endpoint has failed without a single success since \d{4}-\d\d-\d\dT[\d:.]+Z \(the limit is 60000 ms\); last error: HTTP 503: maintenance; after fixing it: update outbox\.subscriptions set active = true where name = 'f_down'$/);
-    const [pending] = await webhookDeliveries(db.sql, "f_down");
-    assert.equal(pending!.status, "retrying", "its delivery waits for the subscription to come back");
+    // The deactivation and the attempt's outcome are written separately: wait for both.
+    const waiting = await waitFor(async () => {
+      const [d] = await webhookDeliveries(db.sql, "f_down");
+      return d?.status === "retrying" ? d : undefined;
+    }, "its delivery to wait, retrying");
+    const requestsWhenDeactivated = r.requests.length;
+    // Retry-After: 1 would bring an attempt within a second if the subscription were active.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.equal(r.requests.length, requestsWhenDeactivated, "an inactive subscription gets no attempts");
+    assert.equal((await webhookDeliveries(db.sql, "f_down"))[0]!.attempts, waiting.attempts);
 
     healthy = true;
     await db.sql`update outbox.subscriptions set active = true where name = 'f_down'`;

@@ -89,6 +89,7 @@ export function wrapDatabaseError(error: unknown, doing: string): OutboxError {
       ...(state ? { sqlState: state } : {}),
     });
   }
-  const code = state && inputStates.has(state) ? "invalid_input" : "database_error";
+  // P0002 (no_data_found) is what pg-outbox's functions raise for an unknown name or id.
+  const code = state === "P0002" ? "not_found" : state && inputStates.has(state) ? "invalid_input" : "database_error";
   return new OutboxError(code, `${doing}: ${pgMessage}${hint}`, { cause: error, ...(state ? { sqlState: state } : {}) });
 }

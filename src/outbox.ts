@@ -2,10 +2,13 @@ import postgres, { type Sql } from "postgres";
 import { z } from "zod";
 import { connectionStringSchema, describeIssues } from "./config.js";
 import { captureDisable, captureEnable, captureList, type CaptureOptions, type CaptureRow } from "./db/captures.js";
+import { captureEvents, type CapturedEvents } from "./captureEvents.js";
+import { deliveryList, deliveryRedeliver, deliveryReplay, type DeliveryListFilter, type DeliveryRow } from "./db/deliveries.js";
 import { eventEmit, eventListAfter, type EventRow, type Queryable } from "./db/events.js";
 import { migrate } from "./db/migrate.js";
 import { statusRead, type OutboxStatus } from "./db/status.js";
-import { subscriptionDelete, subscriptionUpsert, type SubscriptionInput } from "./db/subscriptions.js";
+import { subscriptionDelete, subscriptionListRows, subscriptionUpsert, type SubscriptionInput, type SubscriptionRow } from "./db/subscriptions.js";
+import { redactSubscriptionConfig } from "./redactSubscriptionConfig.js";
 import { DEFAULT_DEACTIVATE_AFTER_FAILING_MS } from "./transports/endpointHealth.js";
 import { HandlerTransport, type EventHandler } from "./transports/handler.js";
 import { startWorker, type OutboxWorker } from "./worker/worker.js";
@@ -130,6 +133,33 @@ export interface Outbox {
   subscribe(input: SubscriptionInput): Promise<void>;
   /** Deletes a subscription and its deliveries; returns whether it existed. */
   unsubscribe(name: string): Promise<boolean>;
+  /**
+   * Every subscription with its state, by name. Configs are redacted for printing: signing
+   * secrets show as `whsec_…`, header values and URL query values as `[redacted]` (read
+   * `outbox.subscriptions` with SQL for the stored values).
+   */
+  subscriptions(): Promise<SubscriptionRow[]>;
+  /** Deliveries, newest first, with their event's topic; default the latest 50 of every status and subscription. */
+  deliveries(filter?: DeliveryListFilter): Promise<DeliveryRow[]>;
+  /**
+   * Puts dead or delivered deliveries back in line (`outbox.redeliver`), all or none: an
+   * unknown id (code `not_found`) or one still in line (`invalid_input`) changes nothing.
+   * Returns how many.
+   */
+  redeliver(deliveryIds: string | string[]): Promise<number>;
+  /**
+   * Replays a subscription's events since a time (`outbox.replay`): dead and delivered
+   * deliveries go back in line, and matching events it missed while inactive get one.
+   * Returns how many deliveries were put in line; an unknown subscription throws `not_found`.
+   */
+  replay(subscription: string, since: Date): Promise<number>;
+  /**
+   * Testing support: runs `block` and returns the events of every transaction that committed
+   * while it ran, with assertions (`ofType`, `assertEmitted`, `assertNotEmitted`,
+   * `assertCount`). Events of other connections committing meanwhile are included too: see
+   * {@link captureEvents}.
+   */
+  captureEvents(block: () => Promise<unknown>): Promise<CapturedEvents>;
   /** Delivery status per subscription, dispatch lag and capture health (what `outbox status` prints). */
   status(): Promise<OutboxStatus>;
   /** Starts a worker in this process (dispatch, delivery, maintenance). */
@@ -177,6 +207,12 @@ export function createOutbox(options: OutboxOptions): Outbox {
     subscribe: (input) => subscriptionUpsert(sql, input),
     status: () => statusRead(sql),
     unsubscribe: (name) => subscriptionDelete(sql, name),
+    subscriptions: async () =>
+      (await subscriptionListRows(sql)).map((row) => ({ ...row, config: redactSubscriptionConfig(row.config) })),
+    deliveries: (filter) => deliveryList(sql, filter),
+    redeliver: (ids) => deliveryRedeliver(sql, typeof ids === "string" ? [ids] : ids),
+    replay: (subscription, since) => deliveryReplay(sql, subscription, since),
+    captureEvents: (block) => captureEvents(sql, block),
     async start() {
       const connectionString = config.connectionString ?? connectionStringOf(sql);
       for (const row of handlerRows) await subscriptionUpsert(sql, row);

@@ -1,6 +1,7 @@
 import { cliEnvSchema, describeIssues, type CliEnv } from "../config.js";
 import { ConfigError, OutboxError } from "../errors.js";
 import { createLogger, type Logger } from "../logger.js";
+import { createOutbox, type Outbox } from "../outbox.js";
 
 /** Exit codes of the `outbox` command, stable for scripts. */
 export const exitCodes = {
@@ -47,4 +48,24 @@ export function reportError(error: unknown): number {
   }
   console.error(`outbox: ${error instanceof Error ? error.message : String(error)}`);
   return exitCodes.failure;
+}
+
+/** Runs `fn` with an Outbox on DATABASE_URL and closes it. */
+export async function withOutbox<T>(fn: (outbox: Outbox) => Promise<T>): Promise<T> {
+  const outbox = createOutbox({ connectionString: requireDatabaseUrl(readEnv()) });
+  try {
+    return await fn(outbox);
+  } finally {
+    await outbox.close();
+  }
+}
+
+/** Prints `value` as JSON with `--json`, else the text `text()` returns. */
+export function print(value: unknown, json: boolean, text: () => string): void {
+  console.log(json ? JSON.stringify(value, null, 2) : text());
+}
+
+/** Bad command-line input that commander cannot check itself (exit code 2). */
+export function usageError(message: string): OutboxError {
+  return new OutboxError("invalid_input", message);
 }

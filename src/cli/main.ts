@@ -1,26 +1,12 @@
 /** The `outbox` command line. */
 import { Command, CommanderError } from "commander";
-import { createOutbox, type Outbox } from "../outbox.js";
-import { commandLogger, exitCodes, readEnv, reportError, requireDatabaseUrl } from "./context.js";
+import { createOutbox } from "../outbox.js";
+import { commaList as list } from "./argumentParsers.js";
+import { commandLogger, exitCodes, print, readEnv, reportError, requireDatabaseUrl, withOutbox } from "./context.js";
+import { registerDeliveryCommands } from "./deliveryCommands.js";
 import { runDemo } from "./demo.js";
-
-function list(value: string): string[] {
-  return value.split(",").map((s) => s.trim()).filter(Boolean);
-}
-
-/** Runs `fn` with an Outbox on DATABASE_URL and closes it. */
-async function withOutbox<T>(fn: (outbox: Outbox) => Promise<T>): Promise<T> {
-  const outbox = createOutbox({ connectionString: requireDatabaseUrl(readEnv()) });
-  try {
-    return await fn(outbox);
-  } finally {
-    await outbox.close();
-  }
-}
-
-function print(value: unknown, json: boolean, text: () => string): void {
-  console.log(json ? JSON.stringify(value, null, 2) : text());
-}
+import { registerSubscriptionCommands } from "./subscriptionCommands.js";
+import { registerTailCommand } from "./tailCommand.js";
 
 const program = new Command()
   .name("outbox")
@@ -122,6 +108,10 @@ program
     });
     if (status.captures.some((c) => c.health !== "ok")) process.exitCode = exitCodes.failure;
   });
+
+registerSubscriptionCommands(program);
+registerDeliveryCommands(program);
+registerTailCommand(program);
 
 program
   .command("demo")

@@ -50,3 +50,115 @@ export async function eventListAfter(client: Queryable, afterPosition: string, l
     throw wrapDatabaseError(error, "read events");
   }
 }
+
+/** An event as `outbox tail` and `captureEvents` read it: the envelope as PostgreSQL rendered it. */
+export interface CommittedEvent {
+  /** Internal monotonic position (bigint as a string). */
+  position: string;
+  topic: string;
+  /** The envelope as JSON text (numbers keep every digit). */
+  payload: string;
+}
+
+/**
+ * Where a reader of committed events stands: the last stored event row it read, and which
+ * transactions were still in flight when it read (DESIGN.md guarantee 3). Reading by
+ * position alone would lose the events of a transaction that commits after a later one.
+ */
+export interface EventCursor {
+  /** Last `_events.id` read (bigint as a string); "0" reads from the beginning. */
+  lastId: string;
+  /** `pg_snapshot_xmax` of the previous read; null before the first. */
+  xmax: string | null;
+  /** `pg_snapshot_xip` of the previous read. */
+  xip: string[];
+}
+
+/**
+ * Reads the events committed since `cursor`, in one REPEATABLE READ snapshot: stored rows
+ * after `lastId` (at most `limit` of them, each a statement's events), and rows at or before
+ * it whose transaction was still in flight at the previous read. Only topics matching
+ * `pattern` (default every event). Returns them in position order, the next cursor, and
+ * whether more stored rows are waiting beyond `limit` (default 100).
+ */
+export async function eventReadCommitted(
+  sql: Sql,
+  cursor: EventCursor,
+  options: { pattern?: string | null; limit?: number } = {},
+): Promise<{ events: CommittedEvent[]; cursor: EventCursor; more: boolean }> {
+  const pattern = options.pattern ?? null;
+  const limit = options.limit ?? 100;
+  try {
+    return await sql.begin("isolation level repeatable read read only", async (tx) => {
+      const [snapshot] = await tx<{ xmax: string; xip: string[] | null }[]>`
+        select pg_snapshot_xmax(s)::text as xmax, array(select x::text from pg_snapshot_xip(s) x) as xip
+        from pg_current_snapshot() s`;
+      const rows = await tx<{ id: string }[]>`
+        (select e.id::text as id from outbox._events e
+         where e.id > ${cursor.lastId}::bigint order by e.id limit ${limit})
+        union
+        (select e.id::text from outbox._events e
+         where ${cursor.xmax}::xid8 is not null and e.id <= ${cursor.lastId}::bigint
+           and (e.xid >= ${cursor.xmax}::xid8 or e.xid = any(${cursor.xip}::xid8[])))`;
+      const ids = rows.map((r) => r.id);
+      const newCount = rows.filter((r) => BigInt(r.id) > BigInt(cursor.lastId)).length;
+      const newest = ids.reduce((max, id) => (BigInt(id) > BigInt(max) ? id : max), cursor.lastId);
+      const events =
+        ids.length === 0
+          ? []
+          : await tx<CommittedEvent[]>`
+              select p.position::text as position, outbox._event_topic(e) as topic,
+                     outbox._envelope_json(e, i.image, p.position)::text as payload
+              from outbox._events e
+              cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
+              cross join lateral (select (e.id << 16) + i.ord - 1 as position) p
+              where e.id = any(${ids}::bigint[])
+                and (${pattern}::text is null or outbox.topic_matches(outbox._event_topic(e), ${pattern}))
+              order by p.position`;
+      return { events, cursor: { lastId: newest, xmax: snapshot!.xmax, xip: snapshot!.xip ?? [] }, more: newCount >= limit };
+    });
+  } catch (error) {
+    throw wrapDatabaseError(error, "read events");
+  }
+}
+
+/** A cursor that reads only what commits from now on (for `outbox tail --from-now`). */
+export async function eventCursorNow(sql: Sql): Promise<EventCursor> {
+  try {
+    return await sql.begin("isolation level repeatable read read only", async (tx) => {
+      const [row] = await tx<{ lastId: string; xmax: string; xip: string[] }[]>`
+        select coalesce((select max(id) from outbox._events), 0)::text as "lastId",
+               pg_snapshot_xmax(s)::text as xmax, array(select x::text from pg_snapshot_xip(s) x) as xip
+        from pg_current_snapshot() s`;
+      return { lastId: row!.lastId, xmax: row!.xmax, xip: row!.xip };
+    });
+  } catch (error) {
+    throw wrapDatabaseError(error, "read events");
+  }
+}
+
+/** The current snapshot (`pg_current_snapshot()` as text), to compare visibility later. */
+export async function snapshotCurrent(client: Queryable): Promise<string> {
+  const [row] = await client<{ snapshot: string }[]>`select pg_current_snapshot()::text as snapshot`;
+  return row!.snapshot;
+}
+
+/**
+ * The events of every transaction that committed after `snapshot` was taken (it was not
+ * visible then) and before this query, in position order, as envelopes.
+ */
+export async function eventListCommittedSince(client: Queryable, snapshot: string): Promise<CommittedEvent[]> {
+  try {
+    return await client<CommittedEvent[]>`
+      select p.position::text as position, outbox._event_topic(e) as topic,
+             outbox._envelope_json(e, i.image, p.position)::text as payload
+      from outbox._events e
+      cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
+      cross join lateral (select (e.id << 16) + i.ord - 1 as position) p
+      where e.xid >= pg_snapshot_xmin(${snapshot}::pg_snapshot)
+        and not pg_visible_in_snapshot(e.xid, ${snapshot}::pg_snapshot)
+      order by p.position`;
+  } catch (error) {
+    throw wrapDatabaseError(error, "read events");
+  }
+}

@@ -60,3 +60,23 @@ export async function subscriptionDelete(sql: Sql, name: string): Promise<boolea
 export async function subscriptionDeactivate(sql: Sql, name: string, reason: string): Promise<void> {
   await sql`update outbox.subscriptions set active = false, disabled_reason = ${reason} where name = ${name} and active`;
 }
+
+/** A row of `outbox.subscriptions` as `outbox subscriptions` shows it (config as stored). */
+export interface SubscriptionRow extends Subscription {
+  disabledReason: string | null;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** Every subscription with its state, by name. The config is as stored: redact before printing. */
+export async function subscriptionListRows(sql: Sql): Promise<SubscriptionRow[]> {
+  try {
+    return await sql<SubscriptionRow[]>`
+      select name, pattern, kind, config, filter::text as filter, tenant, active,
+             max_attempts as "maxAttempts", ordered, disabled_reason as "disabledReason",
+             created_at as "createdAt", updated_at as "updatedAt"
+      from outbox.subscriptions order by name`;
+  } catch (error) {
+    throw wrapDatabaseError(error, "list subscriptions");
+  }
+}

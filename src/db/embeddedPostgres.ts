@@ -10,6 +10,8 @@ export interface EmbeddedServer {
   url: string;
   /** Stops the server and removes its data directory. */
   stop(): Promise<void>;
+  /** Stops and starts the server on the same data and port (every connection is cut). */
+  restart(): Promise<void>;
 }
 
 /** Options of {@link startEmbeddedPostgres}. */
@@ -53,7 +55,8 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
     port,
     user: "postgres",
     password,
-    persistent: false,
+    // Kept across a restart(); stop() removes the directory itself.
+    persistent: true,
     createPostgresUser: process.getuid?.() === 0,
     postgresFlags: ["-c", "max_connections=200", "-c", "fsync=on"],
     onLog: (message: unknown) => log(String(message)),
@@ -75,6 +78,10 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
     async stop() {
       await server.stop().catch(() => undefined);
       await rm(dataDir, { recursive: true, force: true }).catch(() => undefined);
+    },
+    async restart() {
+      await server.stop();
+      await server.start();
     },
   };
 }

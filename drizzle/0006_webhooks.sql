@@ -1214,6 +1214,10 @@ returns table (
   delivery_id bigint, subscription text, event_id uuid, event_position bigint, payload text)
 language plpgsql
 set search_path = pg_catalog, pg_temp
+-- Plan each statement once per session: with custom plans (the default for the first
+-- executions, and for good when the planner rates the generic plan dearer) every round was
+-- planned again, half of a one-event round's time (2.6 ms against 1.3 ms measured here).
+set plan_cache_mode = force_generic_plan
 as $$
 -- The output columns share names with deliveries' columns; in queries, columns win.
 #variable_conflict use_column
@@ -1352,6 +1356,7 @@ create or replace function outbox._delivery_claim(
 returns table (id bigint, attempts int, event_id uuid, event_position bigint, payload text)
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan -- planned once per session, as _dispatch
 as $$
 declare
   v_sub outbox.subscriptions;
@@ -1417,11 +1422,17 @@ $$;
 -- 'delivered', 'retry' (p_retry_after_ms overrides the backoff, e.g. from Retry-After), or
 -- 'dead' (non-retryable). A retry past max_attempts is dead. Only deliveries still leased
 -- to p_worker change: a late answer after the lease passed to another worker is dropped.
+-- plpgsql rather than SQL so that its plan is cached for the session (a SQL function's body
+-- is planned on every call).
 create or replace function outbox._delivery_complete(
   p_worker text, p_ids bigint[], p_outcomes text[], p_errors text[], p_statuses int[], p_retry_after_ms int[])
 returns int
-language sql
+language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
+declare
+  v_count int;
+begin
   with outcome as (
     select * from unnest(p_ids, p_outcomes, p_errors, p_statuses, p_retry_after_ms)
       as o(id, outcome, error, status, retry_after_ms)
@@ -1447,7 +1458,9 @@ as $$
       and d.status = 'delivering' and d.locked_by = p_worker
     returning 1
   )
-  select count(*)::int from done
+  select count(*)::int into v_count from done;
+  return v_count;
+end
 $$;
 
 -- Deliveries whose lease ran out (the worker crashed or lost its connection mid-delivery)

@@ -69,6 +69,10 @@ returns table (
   delivery_id bigint, subscription text, event_id uuid, event_position bigint, payload text)
 language plpgsql
 set search_path = pg_catalog, pg_temp
+-- Plan each statement once per session: with custom plans (the default for the first
+-- executions, and for good when the planner rates the generic plan dearer) every round was
+-- planned again, half of a one-event round's time (2.6 ms against 1.3 ms measured here).
+set plan_cache_mode = force_generic_plan
 as $$
 -- The output columns share names with deliveries' columns; in queries, columns win.
 #variable_conflict use_column

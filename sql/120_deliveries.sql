@@ -11,6 +11,7 @@ create or replace function outbox._delivery_claim(
 returns table (id bigint, attempts int, event_id uuid, event_position bigint, payload text)
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan -- planned once per session, as _dispatch
 as $$
 declare
   v_sub outbox.subscriptions;
@@ -76,11 +77,17 @@ $$;
 -- 'delivered', 'retry' (p_retry_after_ms overrides the backoff, e.g. from Retry-After), or
 -- 'dead' (non-retryable). A retry past max_attempts is dead. Only deliveries still leased
 -- to p_worker change: a late answer after the lease passed to another worker is dropped.
+-- plpgsql rather than SQL so that its plan is cached for the session (a SQL function's body
+-- is planned on every call).
 create or replace function outbox._delivery_complete(
   p_worker text, p_ids bigint[], p_outcomes text[], p_errors text[], p_statuses int[], p_retry_after_ms int[])
 returns int
-language sql
+language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
+declare
+  v_count int;
+begin
   with outcome as (
     select * from unnest(p_ids, p_outcomes, p_errors, p_statuses, p_retry_after_ms)
       as o(id, outcome, error, status, retry_after_ms)
@@ -106,7 +113,9 @@ as $$
       and d.status = 'delivering' and d.locked_by = p_worker
     returning 1
   )
-  select count(*)::int from done
+  select count(*)::int into v_count from done;
+  return v_count;
+end
 $$;
 
 -- Deliveries whose lease ran out (the worker crashed or lost its connection mid-delivery)

@@ -113,7 +113,7 @@ export class Deliverer {
     if (this.stopping) return undefined;
     const subs = this.served().filter((s) => !s.ordered && s.config.concurrency === undefined);
     const free = subs.map((s) => this.maxInFlight - (this.inFlight.get(s.name) ?? 0));
-    const limit = Math.min(this.claimBatch, ...free);
+    const limit = Math.min(...free);
     if (subs.length === 0 || limit <= 0) return undefined;
     return { worker: this.options.workerId, subscriptions: subs.map((s) => s.name), limit, leaseMs: this.leaseMs };
   }

@@ -14,7 +14,7 @@ import { workerClientOptions } from "../worker/workerClientOptions.js";
 export interface DispatcherOptions {
   /** Connection string: the dispatcher keeps one session of its own for its lock. */
   connectionString: string;
-  /** Events read per round; default 5000. */
+  /** Events read per round; default 2000 (what a worker may hold per subscription, so that dispatch can claim a whole round). */
   maxEventsPerRound?: number;
   logger: Logger;
 }
@@ -35,7 +35,7 @@ export class Dispatcher {
   private readonly logger: Logger;
 
   constructor(options: DispatcherOptions) {
-    this.maxEvents = options.maxEventsPerRound ?? 5000;
+    this.maxEvents = options.maxEventsPerRound ?? 2000;
     this.logger = options.logger;
     this.client = postgres(options.connectionString, {
       ...workerClientOptions,

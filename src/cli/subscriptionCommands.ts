@@ -38,6 +38,10 @@ const optionOfKey: Record<string, string> = {
 
 /** Builds and validates the row `outbox subscribe` writes; throws a usage error naming the option. */
 export function subscriptionFromOptions(name: string, opts: SubscribeOptions): SubscriptionInput {
+  // The rule of the table's check constraint subscriptions_name_check, with a message that says it.
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(name)) {
+    throw usageError(`subscription name ${JSON.stringify(name)} is invalid: use 1 to 128 letters, digits, _ . : - starting with a letter or digit`);
+  }
   if (!PATTERN_SYNTAX.test(opts.pattern)) throw usageError(`--pattern ${JSON.stringify(opts.pattern)} is invalid: ${PATTERN_HINT}`);
   if (Boolean(opts.webhook) === Boolean(opts.notify)) {
     throw usageError("give exactly one of --webhook <url> or --notify <channel>");

@@ -99,7 +99,11 @@ export async function eventReadCommitted(
         union
         (select e.id::text from outbox._events e
          where ${cursor.xmax}::xid8 is not null and e.id <= ${cursor.lastId}::bigint
-           and (e.xid >= ${cursor.xmax}::xid8 or e.xid = any(${cursor.xip}::xid8[])))`;
+           and (e.xid >= ${cursor.xmax}::xid8 or e.xid = any(${cursor.xip}::xid8[]))
+           -- A visible row cannot have an xid at or above this snapshot's xmax, unless it was
+           -- restored from a dump of another cluster (DESIGN.md guarantee 8) before dispatch
+           -- rewrote its xid: it committed long ago and must not be read on every poll.
+           and e.xid < pg_snapshot_xmax(pg_current_snapshot()))`;
       const ids = rows.map((r) => r.id);
       const newCount = rows.filter((r) => BigInt(r.id) > BigInt(cursor.lastId)).length;
       const newest = ids.reduce((max, id) => (BigInt(id) > BigInt(max) ? id : max), cursor.lastId);
@@ -157,6 +161,8 @@ export async function eventListCommittedSince(client: Queryable, snapshot: strin
       cross join lateral (select (e.id << 16) + i.ord - 1 as position) p
       where e.xid >= pg_snapshot_xmin(${snapshot}::pg_snapshot)
         and not pg_visible_in_snapshot(e.xid, ${snapshot}::pg_snapshot)
+        -- Rows restored from another cluster can carry xids "in the future" (see eventReadCommitted).
+        and e.xid < pg_snapshot_xmax(pg_current_snapshot())
       order by p.position`;
   } catch (error) {
     throw wrapDatabaseError(error, "read events");

@@ -100,7 +100,15 @@ export class Deliverer {
   /** Claims and starts deliveries for the given subscriptions (default all served); returns how many were claimed. */
   async pumpAll(names?: string[]): Promise<number> {
     const subs = names ? names.map((n) => this.subscriptions.get(n)).filter((s): s is Subscription => Boolean(s)) : this.served();
-    const counts = await Promise.all(subs.map((s) => this.pump(s.name)));
+    // One subscription's failing claim must not stop the others' (DESIGN.md guarantee 5).
+    const counts = await Promise.all(
+      subs.map((s) =>
+        this.pump(s.name).catch((error: unknown) => {
+          this.options.logger.error({ subscription: s.name, err: error }, "could not claim deliveries");
+          return 0;
+        }),
+      ),
+    );
     return counts.reduce((a, b) => a + b, 0);
   }
 

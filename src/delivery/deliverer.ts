@@ -120,10 +120,20 @@ export class Deliverer {
   dispatchClaimRequest(): DispatchClaimRequest | undefined {
     if (this.stopping) return undefined;
     const subs = this.served().filter((s) => !s.ordered && s.config.concurrency === undefined);
-    const free = subs.map((s) => this.maxInFlight - (this.inFlight.get(s.name) ?? 0));
+    const free = subs.map((s) => this.heldLimit(s) - (this.inFlight.get(s.name) ?? 0));
     const limit = Math.min(...free);
     if (subs.length === 0 || limit <= 0) return undefined;
     return { worker: this.options.workerId, subscriptions: subs.map((s) => s.name), limit, leaseMs: this.leaseMs };
+  }
+
+  /**
+   * Deliveries this worker may hold for a subscription: `maxHeldPerSubscription`, or enough
+   * to keep every transport slot busy with full batches (a webhook with batch_size 100 needs
+   * 100 events per request in flight), at most 20,000.
+   */
+  private heldLimit(sub: Subscription): number {
+    const batch = this.transports.get(sub.kind)?.batchSize(sub) ?? 1;
+    return Math.max(this.maxInFlight, Math.min(20_000, batch * this.concurrency));
   }
 
   /** Starts deliveries that dispatch wrote already claimed for this worker. */
@@ -177,7 +187,7 @@ export class Deliverer {
         const sub = this.subscriptions.get(name);
         const transport = sub && this.transports.get(sub.kind);
         if (!sub || !sub.active || !transport?.serves(sub) || this.stopping) break;
-        const limit = Math.min(Number(sub.config.concurrency ?? this.maxInFlight), this.maxInFlight);
+        const limit = Math.min(Number(sub.config.concurrency ?? Infinity), this.heldLimit(sub));
         const capacity = limit - (this.inFlight.get(name) ?? 0);
         if (capacity <= 0) break;
         const want = Math.min(capacity, this.claimBatch);

@@ -9,6 +9,8 @@ import { Deliverer } from "../delivery/deliverer.js";
 import { Dispatcher } from "../dispatch/dispatcher.js";
 import type { Logger } from "../logger.js";
 import { pruneOnce } from "../maintenance/retention.js";
+import { ObservedTransport } from "../metrics/observedTransport.js";
+import { WorkerHttpServer } from "../metrics/workerHttpServer.js";
 import type { HandlerTransport } from "../transports/handler.js";
 import { NotifyTransport } from "../transports/notify.js";
 import type { Transport } from "../transports/transport.js";
@@ -41,6 +43,10 @@ export interface WorkerOptions {
   transports?: Transport[];
   /** Webhook address policy and failing-endpoint deactivation; defaults in {@link WebhookTransportOptions}. */
   webhooks?: WebhookTransportOptions;
+  /** Port of `/healthz` and `/metrics` (0: any free port); default none, no HTTP server. */
+  httpPort?: number;
+  /** Address the HTTP server binds; default all interfaces. */
+  httpHost?: string;
 }
 
 /** A running worker. */
@@ -53,6 +59,8 @@ export interface OutboxWorker {
   stop(): Promise<void>;
   /** Resolves when the worker stopped. */
   readonly stopped: Promise<void>;
+  /** The port serving `/healthz` and `/metrics`, when `httpPort` was given. */
+  readonly httpPort: number | undefined;
 }
 
 /**
@@ -80,10 +88,11 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     new WebhookTransport({ sql, logger: logger.child({ component: "webhook" }) }, options.webhooks),
     ...(options.transports ?? []),
   ];
+  const http = options.httpPort === undefined ? undefined : new WorkerHttpServer({ connectionString: options.connectionString, logger: logger.child({ component: "http" }), workerId: id });
   const deliverer = new Deliverer({
     sql,
     workerId: id,
-    transports,
+    transports: http ? transports.map((t) => new ObservedTransport(t, http.metrics)) : transports,
     logger: logger.child({ component: "delivery" }),
     leaseMs: options.leaseMs,
     // Recorded outcomes free capacity and unblock ordered keys: read again.
@@ -141,6 +150,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
           () => deliverer.dispatchClaimRequest(),
           (r) => deliverer.startClaimed(r.claimed),
         );
+        http?.metrics.eventsDispatched(round?.events ?? 0);
         const claimed = await deliverer.pumpAll();
         // After dispatch, so that a wake-up's first round is not kept waiting.
         if (Date.now() - lastRecoverAt > Math.min(5000, options.leaseMs / 2)) {
@@ -224,6 +234,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       await workerRemove(sql, id).catch(() => undefined);
       await dispatcher.stop().catch(() => undefined);
       await runner.stop().catch(() => undefined);
+      await http?.close();
       // Everything of ours has settled by now. A query still pending is one postgres.js
       // lost track of after its connection was terminated (it never settles; seen in the
       // connection-loss tests): waiting the usual 5 s for it only delays the exit.
@@ -232,5 +243,12 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       resolveStopped();
     })());
 
-  return { id, kick, stop, stopped };
+  let httpPort: number | undefined;
+  try {
+    httpPort = options.httpPort === undefined ? undefined : await http?.listen(options.httpPort, options.httpHost);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { id, kick, stop, stopped, httpPort };
 }

@@ -1,0 +1,123 @@
+/**
+ * The worker's HTTP endpoints for operations: `/healthz` (readiness: the database answers and
+ * has every migration this version ships) and `/metrics` (Prometheus text). Off unless the
+ * worker is given a port.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import postgres, { type Sql } from "postgres";
+import { migrationStatusRead, type MigrationStatus } from "../db/migrate.js";
+import type { Logger } from "../logger.js";
+import { workerClientOptions } from "../worker/workerClientOptions.js";
+import { WorkerMetrics } from "./workerMetrics.js";
+
+/** How long a health check or a scrape's database read may take before it counts as failed. */
+const CHECK_TIMEOUT_MS = 5000;
+
+/** The body of `/healthz`. */
+export interface HealthReport {
+  status: "ok" | "unavailable";
+  /** Why it is unavailable, and what to do. */
+  reason?: string;
+  migrations?: MigrationStatus;
+}
+
+/** `work`, or a rejection after `ms`. */
+function within<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
+  });
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Metrics and health endpoints of one worker. Its database reads go through a connection of
+ * its own (opened at the first request), so that a worker busy delivering still answers, and
+ * a health check never waits behind deliveries for the worker's pool.
+ */
+export class WorkerHttpServer {
+  /** The worker's metrics; the worker feeds the counters. */
+  readonly metrics: WorkerMetrics;
+  private readonly sql: Sql;
+  private server: Server | undefined;
+
+  constructor(private readonly options: { connectionString: string; logger: Logger; workerId: string }) {
+    this.sql = postgres(options.connectionString, {
+      ...workerClientOptions,
+      max: 1,
+      connect_timeout: CHECK_TIMEOUT_MS / 1000,
+      idle_timeout: 60,
+      connection: { application_name: "pg-outbox http", statement_timeout: CHECK_TIMEOUT_MS },
+    });
+    this.metrics = new WorkerMetrics({ sql: this.sql, logger: options.logger, workerId: options.workerId });
+  }
+
+  /** Starts listening; returns the bound port (useful with port 0, any free port). */
+  async listen(port: number, host?: string): Promise<number> {
+    const server = createServer((req, res) => void this.handle(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, host, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    const bound = (server.address() as AddressInfo).port;
+    this.options.logger.info({ port: bound, host: host ?? "all interfaces" }, "serving /healthz and /metrics");
+    return bound;
+  }
+
+  /** Readiness: the database answers and every migration shipped here is applied. */
+  async health(): Promise<HealthReport> {
+    try {
+      const migrations = await within(migrationStatusRead(this.sql), CHECK_TIMEOUT_MS, "the health check");
+      if (!migrations.current) {
+        return {
+          status: "unavailable",
+          reason:
+            migrations.applied === 0
+              ? "the outbox schema is not migrated: run `outbox migrate`"
+              : `migrations are behind (${migrations.applied} applied, this version ships ${migrations.expected}): run \`outbox migrate\``,
+          migrations,
+        };
+      }
+      return { status: "ok", migrations };
+    } catch (error) {
+      return { status: "unavailable", reason: `database unreachable: ${error instanceof Error ? error.message : String(error)}` };
+    }
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? "/").split("?")[0];
+    try {
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        res.writeHead(405, { allow: "GET, HEAD" }).end();
+      } else if (path === "/healthz") {
+        const report = await this.health();
+        res.writeHead(report.status === "ok" ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify(report));
+      } else if (path === "/metrics") {
+        const text = await this.metrics.registry.metrics();
+        res.writeHead(200, { "content-type": this.metrics.registry.contentType }).end(text);
+      } else {
+        res.writeHead(404, { "content-type": "text/plain" }).end("pg-outbox worker: GET /healthz or /metrics\n");
+      }
+    } catch (error) {
+      this.options.logger.error({ err: error, path }, "http request failed");
+      if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain" });
+      res.end("internal error\n");
+    }
+  }
+
+  /** Stops listening and closes the connection. */
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (server) {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+    await this.sql.end({ timeout: 1 }).catch(() => undefined);
+  }
+}

@@ -31,6 +31,8 @@ const optionsSchema = z
         drainTimeoutMs: z.number().int().min(0).max(600_000).default(10_000),
         retentionMs: z.number().int().min(60_000).default(7 * 86_400_000),
         deadRetentionMs: z.number().int().min(60_000).default(30 * 86_400_000),
+        httpPort: z.number().int().min(0).max(65_535).optional(),
+        httpHost: z.string().min(1).optional(),
       })
       .prefault({}),
     webhooks: z
@@ -72,6 +74,14 @@ export interface OutboxOptions {
     retentionMs?: number;
     /** Dead deliveries are kept this long; default 30 days. */
     deadRetentionMs?: number;
+    /**
+     * Serve `/healthz` and `/metrics` (Prometheus) on this port; 0 picks a free one
+     * (`worker.httpPort` tells which). Default: off. It uses one more connection, opened at
+     * the first request.
+     */
+    httpPort?: number;
+    /** Address the HTTP server binds; default all interfaces. */
+    httpHost?: string;
   };
   /** Webhook delivery settings of workers started by `start()`. */
   webhooks?: {

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { useTestDatabase } from "./harness.js";
-import { runOutbox, runOutboxAsync } from "./outboxCommand.js";
+import { runOutbox, runOutboxAsync, type CommandResult } from "./outboxCommand.js";
 
 const db = useTestDatabase();
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -127,7 +127,7 @@ test("bad input exits 2 with a message naming the option, and writes nothing", a
     { args: ["--pattern", "a.b", "--notify", "c", "--filter", "$ ? (@.a == 1)"], message: /filter .* is not a predicate.*Write a condition over the envelope/ },
   ];
   // Four processes at a time: each is mostly Node and tsx starting up.
-  const results = [];
+  const results: CommandResult[] = [];
   for (let i = 0; i < cases.length; i += 4) {
     results.push(...(await Promise.all(cases.slice(i, i + 4).map((c) => runOutboxAsync(["subscribe", "bad", ...c.args], { DATABASE_URL: db.url })))));
   }

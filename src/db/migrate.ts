@@ -1,8 +1,10 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { migrate as drizzleMigrate } from "drizzle-orm/postgres-js/migrator";
 import type { Sql } from "postgres";
-import { OutboxError, wrapDatabaseError } from "../errors.js";
+import { OutboxError, sqlStateOf, wrapDatabaseError } from "../errors.js";
 
 /** Where pg-outbox's migrations live: `drizzle/` at the package root (from src/ or dist/). */
 export const migrationsFolder = fileURLToPath(new URL("../../drizzle", import.meta.url));
@@ -40,5 +42,45 @@ export async function migrate(sql: Sql): Promise<void> {
   } finally {
     await reserved`select pg_advisory_unlock(${MIGRATE_LOCK_KEY})`.catch(() => undefined);
     reserved.release();
+  }
+}
+
+/** Whether the database has every migration this version of pg-outbox ships. */
+export interface MigrationStatus {
+  /** True when nothing is left to apply. */
+  current: boolean;
+  /** Migrations applied to the database (0 when the `outbox` schema is missing). */
+  applied: number;
+  /** Migrations this version ships. */
+  expected: number;
+}
+
+let shippedMigrations: number[] | undefined;
+
+/** The `when` of every migration in drizzle/meta/_journal.json, read once. */
+function shippedMigrationTimes(): number[] {
+  shippedMigrations ??= (
+    JSON.parse(readFileSync(join(migrationsFolder, "meta", "_journal.json"), "utf8")) as { entries: Array<{ when: number }> }
+  ).entries.map((e) => e.when);
+  return shippedMigrations;
+}
+
+/**
+ * Compares the database's migration history with the migrations shipped here, by the rule
+ * drizzle's migrator applies (a migration is pending when it is newer than the newest one
+ * recorded). For health checks: it throws only when the database cannot be queried.
+ */
+export async function migrationStatusRead(sql: Sql): Promise<MigrationStatus> {
+  const shipped = shippedMigrationTimes();
+  const newestShipped = Math.max(...shipped);
+  try {
+    const [row] = await sql<{ applied: number; newest: string | null }[]>`
+      select count(*)::int as applied, max(created_at)::text as newest from outbox._migrations`;
+    const newest = Number(row?.newest ?? 0);
+    return { current: newest >= newestShipped, applied: row?.applied ?? 0, expected: shipped.length };
+  } catch (error) {
+    // 42P01 / 3F000: no migration table or no schema yet, i.e. never migrated.
+    if (sqlStateOf(error) === "42P01" || sqlStateOf(error) === "3F000") return { current: false, applied: 0, expected: shipped.length };
+    throw wrapDatabaseError(error, "read migration status");
   }
 }

@@ -55,3 +55,44 @@ export async function statusRead(sql: Sql): Promise<OutboxStatus> {
     throw wrapDatabaseError(error, "read status");
   }
 }
+
+/** Counts of one subscription's unfinished or dead deliveries, for metrics. */
+export interface DeliveryBacklog {
+  subscription: string;
+  status: "pending" | "retrying" | "delivering" | "dead";
+  count: number;
+  /** Age of the oldest of them (null for dead ones, whose age is not a backlog). */
+  oldestAgeSeconds: number | null;
+}
+
+/** What a metrics scrape reads from the database: backlog per subscription and status, and dispatch lag. */
+export interface StatusMetrics {
+  backlog: DeliveryBacklog[];
+  undispatchedEvents: number;
+  dispatchLagSeconds: number;
+}
+
+/**
+ * The database side of `/metrics`, cheap enough for every scrape: each part reads one
+ * partial index (pending and retrying, delivering, dead), never the delivered history that
+ * `outbox.subscription_status` counts for its last hour.
+ */
+export async function statusMetricsRead(sql: Sql): Promise<StatusMetrics> {
+  try {
+    const backlog = await sql<DeliveryBacklog[]>`
+      select subscription, status, count(*)::int as count,
+             extract(epoch from now() - min(created_at))::float8 as "oldestAgeSeconds"
+      from outbox.deliveries where status in ('pending', 'retrying') group by 1, 2
+      union all
+      select subscription, 'delivering', count(*)::int, extract(epoch from now() - min(created_at))::float8
+      from outbox.deliveries where status = 'delivering' group by 1
+      union all
+      select subscription, 'dead', count(*)::int, null
+      from outbox.deliveries where status = 'dead' group by 1`;
+    const [dispatch] = await sql<{ undispatched: number; lag: number | null }[]>`
+      select undispatched_events::int as undispatched, lag_seconds::float8 as lag from outbox.dispatch_status`;
+    return { backlog, undispatchedEvents: dispatch?.undispatched ?? 0, dispatchLagSeconds: dispatch?.lag ?? 0 };
+  } catch (error) {
+    throw wrapDatabaseError(error, "read metrics");
+  }
+}

@@ -154,6 +154,40 @@ try {
   await embedded?.stop();
 }
 
+/**
+ * Writes a part's report to bench/results/<part>-<start time>.json and to its "latest" file
+ * (latest.json for capture, which README and earlier runs refer to; <part>-latest.json else).
+ */
+async function writeReport(
+  part: "capture" | "delivery" | "webhook", started: Date, loadAtStart: number, fields: Record<string, unknown>,
+): Promise<void> {
+  const report = {
+    part,
+    startedAt: started.toISOString(),
+    durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
+    git: await gitState(),
+    machine: {
+      cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryBytes: totalmem(), node: process.version,
+      loadAverage: { start: loadAtStart, end: loadavg()[0] },
+    },
+    ...fields,
+  };
+  await mkdir(resultsDir, { recursive: true });
+  const stamp = started.toISOString().replace(/[:.]/g, "-");
+  const latest = part === "capture" ? "latest.json" : `${part}-latest.json`;
+  const json = `${JSON.stringify(report, null, 2)}\n`;
+  await writeFile(new URL(`${part}-${stamp}.json`, resultsDir), json);
+  await writeFile(new URL(latest, resultsDir), json);
+  console.log(`\nwritten: bench/results/${part}-${stamp}.json and bench/results/${latest}`);
+}
+
+/** Load average before a part, with a warning when other work may move its figures. */
+function loadBefore(): number {
+  const load = loadavg()[0]!;
+  if (load > 1) console.error(`note: load average ${load.toFixed(2)} before the run; expect noisier figures`);
+  return load;
+}
+
 async function deliveryPart(serverUrl: string): Promise<void> {
   const options = {
     samples: positive("samples", args.samples, quick ? 100 : 300),
@@ -164,57 +198,19 @@ async function deliveryPart(serverUrl: string): Promise<void> {
     fanEvents: positive("fan-events", args["fan-events"], quick ? 1000 : 20_000),
   };
   const started = new Date();
-  const loadAtStart = loadavg()[0]!;
-  if (loadAtStart > 1) console.error(`note: load average ${loadAtStart.toFixed(2)} before the run; expect noisier figures`);
+  const loadAtStart = loadBefore();
   const result = await runDelivery({ ...options, serverUrl, log: (l) => console.error(l) });
   printDelivery(result);
-  const report = {
-    part: "delivery",
-    startedAt: started.toISOString(),
-    durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
-    options,
-    server: { embedded: embedded !== undefined },
-    git: await gitState(),
-    machine: {
-      cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryBytes: totalmem(), node: process.version,
-      loadAverage: { start: loadAtStart, end: loadavg()[0] },
-    },
-    ...result,
-  };
-  await mkdir(resultsDir, { recursive: true });
-  const stamp = started.toISOString().replace(/[:.]/g, "-");
-  const json = `${JSON.stringify(report, null, 2)}\n`;
-  await writeFile(new URL(`delivery-${stamp}.json`, resultsDir), json);
-  await writeFile(new URL("delivery-latest.json", resultsDir), json);
-  console.log(`\nwritten: bench/results/delivery-${stamp}.json and bench/results/delivery-latest.json`);
+  await writeReport("delivery", started, loadAtStart, { options, server: { embedded: embedded !== undefined }, ...result });
 }
 
 async function webhookPart(serverUrl: string): Promise<void> {
   const options = { events: quick ? 5000 : 30_000, batchedEvents: quick ? 20_000 : 200_000 };
   const started = new Date();
-  const loadAtStart = loadavg()[0]!;
-  if (loadAtStart > 1) console.error(`note: load average ${loadAtStart.toFixed(2)} before the run; expect noisier figures`);
+  const loadAtStart = loadBefore();
   const result = await runWebhook({ ...options, serverUrl, log: (l) => console.error(l) });
   printWebhook(result);
-  const report = {
-    part: "webhook",
-    startedAt: started.toISOString(),
-    durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
-    options,
-    server: { embedded: embedded !== undefined },
-    git: await gitState(),
-    machine: {
-      cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryBytes: totalmem(), node: process.version,
-      loadAverage: { start: loadAtStart, end: loadavg()[0] },
-    },
-    ...result,
-  };
-  await mkdir(resultsDir, { recursive: true });
-  const stamp = started.toISOString().replace(/[:.]/g, "-");
-  const json = `${JSON.stringify(report, null, 2)}\n`;
-  await writeFile(new URL(`webhook-${stamp}.json`, resultsDir), json);
-  await writeFile(new URL("webhook-latest.json", resultsDir), json);
-  console.log(`\nwritten: bench/results/webhook-${stamp}.json and bench/results/webhook-latest.json`);
+  await writeReport("webhook", started, loadAtStart, { options, server: { embedded: embedded !== undefined }, ...result });
 }
 
 async function capturePart(serverUrl: string): Promise<void> {
@@ -247,8 +243,7 @@ async function capturePart(serverUrl: string): Promise<void> {
   };
   console.error(`PostgreSQL ${server!.version} (fsync ${server!.fsync}, synchronous_commit ${server!.synchronous_commit}, shared_buffers ${server!.shared_buffers}, outbox rows ${server!.rows_compression}), ${cpus().length} cores`);
   // Other work on the machine moves absolute figures a lot and ratios somewhat: say so.
-  const loadAtStart = loadavg()[0]!;
-  if (loadAtStart > 1) console.error(`note: load average ${loadAtStart.toFixed(2)} before the run; expect noisier figures`);
+  const loadAtStart = loadBefore();
   const started = new Date();
   // Progress goes to stderr so that stdout carries only the table.
   const cases = await runCapture(sql, { ...options, url, log: (l) => console.error(l) });
@@ -256,24 +251,10 @@ async function capturePart(serverUrl: string): Promise<void> {
   await sql.end();
   printTable(cases, workerCase);
 
-  const report = {
-    part: "capture",
-    startedAt: started.toISOString(),
-    durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
+  await writeReport("capture", started, loadAtStart, {
     options: { ...options, quick },
     server: { ...server, embedded: embedded !== undefined },
-    git: await gitState(),
-    machine: {
-      cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryBytes: totalmem(), node: process.version,
-      loadAverage: { start: loadAtStart, end: loadavg()[0] },
-    },
     cases,
     workerCase,
-  };
-  await mkdir(resultsDir, { recursive: true });
-  const stamp = started.toISOString().replace(/[:.]/g, "-");
-  const json = `${JSON.stringify(report, null, 2)}\n`;
-  await writeFile(new URL(`capture-${stamp}.json`, resultsDir), json);
-  await writeFile(new URL("latest.json", resultsDir), json);
-  console.log(`\nwritten: bench/results/capture-${stamp}.json and bench/results/latest.json`);
+  });
 }

@@ -4,6 +4,7 @@
  * the reason.
  */
 import { InvalidArgumentError } from "commander";
+import { durationMs } from "../durationMs.js";
 
 /** A whole number within [min, max]. */
 export function wholeNumber(min: number, max: number): (value: string) => number {
@@ -32,19 +33,15 @@ export function keyValue(value: string, previous: Record<string, string> = {}): 
   return { ...previous, [name]: value.slice(at + 1) };
 }
 
-const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
-
 /**
  * A point in time: an ISO 8601 time (`2026-12-01T10:00:00Z`, a date alone meaning its UTC
  * midnight), or a duration back from now (`90s`, `30m`, `1h`, `2d`, `1h30m`).
  */
 export function sinceTime(value: string, now: Date = new Date()): Date {
   const text = value.trim();
-  if (/^(\d+(ms|s|m|h|d|w))+$/.test(text)) {
-    let ms = 0;
-    for (const [, n, unit] of text.matchAll(/(\d+)(ms|s|m|h|d|w)/g)) ms += Number(n) * units[unit!]!;
-    return new Date(now.getTime() - ms);
-  }
+  // A bare number is not taken as milliseconds here: "2026" would be a year to some.
+  const ms = /^\d+$/.test(text) ? undefined : durationMs(text);
+  if (ms !== undefined) return new Date(now.getTime() - ms);
   const time = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/.test(text) ? Date.parse(text) : NaN;
   if (Number.isNaN(time)) {
     throw new InvalidArgumentError("must be an ISO 8601 time (2026-12-01T10:00:00Z) or a duration back from now such as 90s, 30m, 1h, 2d");

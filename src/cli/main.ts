@@ -66,14 +66,29 @@ capture
 
 program
   .command("worker")
-  .description("run a worker: dispatch, webhook and notify delivery, retention (SIGTERM drains and exits)")
+  .description("run a worker: dispatch, webhook and notify delivery, retention, /healthz and /metrics on OUTBOX_HTTP_PORT (default 9464); SIGTERM drains and exits")
   .action(async () => {
     const env = readEnv();
     const logger = commandLogger(env);
+    const defined = <T extends object>(o: T) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
     const outbox = createOutbox({
       connectionString: requireDatabaseUrl(env),
       logger,
-      webhooks: { allowPrivateNetworks: env.OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS },
+      worker: defined({
+        httpPort: env.OUTBOX_HTTP_PORT,
+        httpHost: env.OUTBOX_HTTP_HOST,
+        poolSize: env.OUTBOX_POOL_SIZE,
+        graphilePoolSize: env.OUTBOX_GRAPHILE_POOL_SIZE,
+        pollIntervalMs: env.OUTBOX_POLL_INTERVAL,
+        leaseMs: env.OUTBOX_LEASE,
+        drainTimeoutMs: env.OUTBOX_DRAIN_TIMEOUT,
+        retentionMs: env.OUTBOX_RETENTION,
+        deadRetentionMs: env.OUTBOX_DEAD_RETENTION,
+      }),
+      webhooks: defined({
+        allowPrivateNetworks: env.OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS,
+        deactivateAfterFailingMs: env.OUTBOX_WEBHOOKS_DEACTIVATE_AFTER,
+      }),
     });
     // A connection terminated under a pool can surface as a rejection no query owns; the
     // worker recovers from connection loss by itself, so such a rejection is logged, not fatal.

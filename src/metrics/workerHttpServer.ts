@@ -7,6 +7,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import postgres, { type Sql } from "postgres";
 import { migrationStatusRead, type MigrationStatus } from "../db/migrate.js";
+import { ConfigError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { workerClientOptions } from "../worker/workerClientOptions.js";
 import { WorkerMetrics } from "./workerMetrics.js";
@@ -56,13 +57,22 @@ export class WorkerHttpServer {
   /** Starts listening; returns the bound port (useful with port 0, any free port). */
   async listen(port: number, host?: string): Promise<number> {
     const server = createServer((req, res) => void this.handle(req, res));
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(port, host, () => {
-        server.off("error", reject);
-        resolve();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(port, host, () => {
+          server.off("error", reject);
+          resolve();
+        });
       });
-    });
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new ConfigError(
+        `cannot serve /healthz and /metrics on ${host ?? ""}:${port}: ${code === "EADDRINUSE" ? "the port is in use" : (error as Error).message}; ` +
+          "choose another port (OUTBOX_HTTP_PORT, or the worker option httpPort) or turn it off (OUTBOX_HTTP_PORT=off)",
+        { cause: error },
+      );
+    }
     this.server = server;
     const bound = (server.address() as AddressInfo).port;
     this.options.logger.info({ port: bound, host: host ?? "all interfaces" }, "serving /healthz and /metrics");

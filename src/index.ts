@@ -2,7 +2,11 @@
 export { createOutbox, type Outbox, type OutboxOptions } from "./outbox.js";
 export type { CaptureOptions, CaptureRow } from "./db/captures.js";
 export type { EventRow, Queryable } from "./db/events.js";
-export { migrate } from "./db/migrate.js";
+export { migrate, migrationStatusRead, type MigrationStatus } from "./db/migrate.js";
+export type { DeliveryRow, DeliveryListFilter, DeliveryStatus } from "./db/deliveries.js";
+export type { SubscriptionRow } from "./db/subscriptions.js";
+export { CapturedEvents, type EventPredicate } from "./captureEvents.js";
+export { topicMatches } from "./topicMatches.js";
 export { startEmbeddedPostgres, type EmbeddedServer, type EmbeddedOptions } from "./db/embeddedPostgres.js";
 export { OutboxError, ConfigError, AddressRefusedError, type OutboxErrorCode } from "./errors.js";
 export { webhookConfigSchema, webhookConfigProblems, type WebhookConfig } from "./transports/webhookConfig.js";

@@ -126,7 +126,7 @@ function subscriptionTable(rows: SubscriptionRow[]): string {
 export function registerSubscriptionCommands(program: Command): void {
   program
     .command("subscribe <name>")
-    .description("create or update a subscription (the same row as an INSERT into outbox.subscriptions)")
+    .description("create or update a subscription (the same row as an INSERT into outbox.subscriptions); an update replaces the whole row, so an option left out takes its default")
     .requiredOption("--pattern <pattern>", "topics to receive: public.users.*, *.*.delete, order.**, or * for all")
     .option("--webhook <url>", "deliver by HTTP POST to this http(s) URL")
     .option("--notify <channel>", "deliver by pg_notify on this channel")

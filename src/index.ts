@@ -7,6 +7,9 @@ export type { DeliveryRow, DeliveryListFilter, DeliveryStatus } from "./db/deliv
 export type { SubscriptionRow } from "./db/subscriptions.js";
 export { CapturedEvents, type EventPredicate } from "./captureEvents.js";
 export { topicMatches } from "./topicMatches.js";
+export type { InferCaptureEvent, CaptureEventRow, CaptureTopic, JsonOf } from "./inferCaptureEvent.js";
+export type { OutboxEvent } from "./transports/transport.js";
+export { NonRetryableError, type HandlerContext } from "./transports/handler.js";
 export { startEmbeddedPostgres, type EmbeddedServer, type EmbeddedOptions } from "./db/embeddedPostgres.js";
 export { OutboxError, ConfigError, AddressRefusedError, type OutboxErrorCode } from "./errors.js";
 export { webhookConfigSchema, webhookConfigProblems, type WebhookConfig } from "./transports/webhookConfig.js";

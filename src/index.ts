@@ -7,6 +7,7 @@ export type { DeliveryRow, DeliveryListFilter, DeliveryStatus } from "./db/deliv
 export type { SubscriptionRow } from "./db/subscriptions.js";
 export { CapturedEvents, type EventPredicate } from "./captureEvents.js";
 export { topicMatches } from "./topicMatches.js";
+export { enableCaptureSql, disableCaptureSql, subscriptionSql, sqlLiteral } from "./migrationSql.js";
 export type { InferCaptureEvent, CaptureEventRow, CaptureTopic, JsonOf } from "./inferCaptureEvent.js";
 export type { OutboxEvent } from "./transports/transport.js";
 export { NonRetryableError, type HandlerContext } from "./transports/handler.js";

@@ -1,5 +1,6 @@
 /** The `outbox` command line. */
 import { Command, CommanderError } from "commander";
+import { disableCaptureSql, enableCaptureSql } from "../migrationSql.js";
 import { createOutbox } from "../outbox.js";
 import { commaList as list } from "./argumentParsers.js";
 import { commandLogger, exitCodes, print, readEnv, reportError, requireDatabaseUrl, withOutbox } from "./context.js";
@@ -30,21 +31,24 @@ capture
   .option("--columns <list>", "only changes of these columns make an UPDATE an event", list)
   .option("--exclude <list>", "columns that never appear in events", list)
   .option("--tenant-column <column>", "column holding the row's tenant")
-  .action(async (table: string, opts: { operations?: string[]; columns?: string[]; exclude?: string[]; tenantColumn?: string }) => {
-    await withOutbox((outbox) =>
-      outbox.enableCapture(table, {
-        ...(opts.operations ? { operations: opts.operations as never } : {}),
-        ...(opts.columns ? { columns: opts.columns } : {}),
-        ...(opts.exclude ? { excludeColumns: opts.exclude } : {}),
-        ...(opts.tenantColumn ? { tenantColumn: opts.tenantColumn } : {}),
-      }),
-    );
+  .option("--sql", "print the SQL instead of running it, for your own migrations (no database needed)")
+  .action(async (table: string, opts: { operations?: string[]; columns?: string[]; exclude?: string[]; tenantColumn?: string; sql?: boolean }) => {
+    const options = {
+      ...(opts.operations ? { operations: opts.operations as never } : {}),
+      ...(opts.columns ? { columns: opts.columns } : {}),
+      ...(opts.exclude ? { excludeColumns: opts.exclude } : {}),
+      ...(opts.tenantColumn ? { tenantColumn: opts.tenantColumn } : {}),
+    };
+    if (opts.sql) return console.log(enableCaptureSql(table, options));
+    await withOutbox((outbox) => outbox.enableCapture(table, options));
     console.log(`outbox: capturing ${table}`);
   });
 capture
   .command("disable <table>")
   .description("stop capturing a table (events already written stay)")
-  .action(async (table: string) => {
+  .option("--sql", "print the SQL instead of running it, for your own migrations (no database needed)")
+  .action(async (table: string, opts: { sql?: boolean }) => {
+    if (opts.sql) return console.log(disableCaptureSql(table));
     await withOutbox((outbox) => outbox.disableCapture(table));
     console.log(`outbox: no longer capturing ${table}`);
   });

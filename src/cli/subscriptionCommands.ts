@@ -2,6 +2,7 @@
 import { Option, type Command } from "commander";
 import type { SubscriptionInput, SubscriptionRow } from "../db/subscriptions.js";
 import { OutboxError } from "../errors.js";
+import { subscriptionSql } from "../migrationSql.js";
 import { PATTERN_HINT, PATTERN_SYNTAX } from "../topicMatches.js";
 import { notifyConfigSchema } from "../transports/notify.js";
 import { webhookConfigSchema } from "../transports/webhookConfig.js";
@@ -23,6 +24,7 @@ interface SubscribeOptions {
   maxAttempts?: number;
   inactive?: boolean;
   json?: boolean;
+  sql?: boolean;
 }
 
 /** The command-line option behind each config key, so that errors name what the user typed. */
@@ -141,9 +143,17 @@ export function registerSubscriptionCommands(program: Command): void {
     .option("--max-attempts <n>", "attempts before a delivery is dead; default 25", wholeNumber(1, 1000))
     .option("--inactive", "create it switched off (events dispatched meanwhile get no deliveries; replay brings them)")
     .option("--json", "print the saved subscription as JSON (secrets redacted)")
+    .option("--sql", "print the SQL instead of running it, for your own migrations (no database needed; --secret refused)")
     .addHelpText("after", "\nExample:\n  outbox subscribe crm --pattern 'public.users.*' --webhook https://crm.internal/hooks --secret \"$CRM_SECRET\"")
     .action(async (name: string, opts: SubscribeOptions) => {
       const input = subscriptionFromOptions(name, opts);
+      if (opts.sql) {
+        if (opts.secret !== undefined) {
+          throw usageError("--sql prints SQL meant for version control: leave --secret out of it and set the secret at deploy time (outbox subscribe … --secret, or an UPDATE of config)");
+        }
+        console.log(subscriptionSql(input));
+        return;
+      }
       const row = await withOutbox(async (outbox) => {
         await outbox.subscribe(input);
         return (await outbox.subscriptions()).find((s) => s.name === name);

@@ -94,7 +94,7 @@ test("/metrics counts dispatched events, attempts by subscription and outcome, l
   }
 });
 
-test("/healthz is 200 with migrations current, 503 with the reason when one is missing; other paths 404", async () => {
+test("/healthz is 200 with migrations current, 503 with the reason when one is missing, degraded (200) with an unhealthy capture; other paths 404", async () => {
   const outbox = createOutbox({ connectionString: db.url, worker: { pollIntervalMs: 200, httpPort: 0 } });
   const worker = await outbox.start();
   const [newest] = await db.sql<{ id: number; hash: string; created_at: string }[]>`
@@ -115,6 +115,21 @@ test("/healthz is 200 with migrations current, 503 with the reason when one is m
     assert.match(reason, /^migrations are behind \(\d+ applied, this version ships \d+\): run `outbox migrate`$/);
 
     assert.equal((await get(worker.httpPort!, "/nope")).status, 404);
+
+    // Guarantee 8: a captured table whose trigger is disabled shows in the health check,
+    // without making the worker unready.
+    await db.sql`insert into outbox._migrations (id, hash, created_at) values (${newest!.id}, ${newest!.hash}, ${newest!.created_at}::bigint)`;
+    await db.sql`create table m_health (id int primary key)`;
+    await db.sql`select outbox.enable_capture('m_health')`;
+    await db.sql`alter table m_health disable trigger user`;
+    const degraded = await get(worker.httpPort!, "/healthz");
+    assert.equal(degraded.status, 200, degraded.body);
+    const report2 = JSON.parse(degraded.body) as { status: string; reason: string; captures: Array<{ table: string; health: string }> };
+    assert.equal(report2.status, "degraded");
+    assert.match(report2.reason, /^capture is not healthy on public\.m_health: see outbox capture list$/);
+    assert.deepEqual(report2.captures.map((c) => c.table), ["public.m_health"]);
+    assert.notEqual(report2.captures[0]!.health, "ok");
+    await db.sql`drop table m_health`;
   } finally {
     await db.sql`insert into outbox._migrations (id, hash, created_at) values (${newest!.id}, ${newest!.hash}, ${newest!.created_at}::bigint)
                  on conflict do nothing`;

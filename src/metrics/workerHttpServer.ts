@@ -6,6 +6,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import postgres, { type Sql } from "postgres";
+import { captureList } from "../db/captures.js";
 import { migrationStatusRead, type MigrationStatus } from "../db/migrate.js";
 import { ConfigError } from "../errors.js";
 import type { Logger } from "../logger.js";
@@ -17,10 +18,16 @@ const CHECK_TIMEOUT_MS = 5000;
 
 /** The body of `/healthz`. */
 export interface HealthReport {
-  status: "ok" | "unavailable";
-  /** Why it is unavailable, and what to do. */
+  /**
+   * `ok`; `degraded` (still ready, HTTP 200: writes to a captured table may be bypassing
+   * capture, DESIGN.md guarantee 8); `unavailable` (HTTP 503).
+   */
+  status: "ok" | "degraded" | "unavailable";
+  /** What is wrong, and what to do. */
   reason?: string;
   migrations?: MigrationStatus;
+  /** Captured tables whose capture is not healthy, with what `outbox.captures.health` says. */
+  captures?: Array<{ table: string; health: string }>;
 }
 
 /** `work`, or a rejection after `ms`. */
@@ -93,6 +100,14 @@ export class WorkerHttpServer {
           migrations,
         };
       }
+      // Capture health does not make the worker unready (restarting it cannot fix a
+      // disabled trigger), but it must show where operators look.
+      const captures = (await within(captureList(this.sql), CHECK_TIMEOUT_MS, "the health check"))
+        .filter((c) => c.health !== "ok")
+        .map((c) => ({ table: `${c.schemaName}.${c.tableName}`, health: c.health }));
+      if (captures.length > 0) {
+        return { status: "degraded", reason: `capture is not healthy on ${captures.map((c) => c.table).join(", ")}: see outbox capture list`, migrations, captures };
+      }
       return { status: "ok", migrations };
     } catch (error) {
       return { status: "unavailable", reason: `database unreachable: ${error instanceof Error ? error.message : String(error)}` };
@@ -106,7 +121,7 @@ export class WorkerHttpServer {
         res.writeHead(405, { allow: "GET, HEAD" }).end();
       } else if (path === "/healthz") {
         const report = await this.health();
-        res.writeHead(report.status === "ok" ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify(report));
+        res.writeHead(report.status === "unavailable" ? 503 : 200, { "content-type": "application/json" }).end(JSON.stringify(report));
       } else if (path === "/metrics") {
         const text = await this.metrics.registry.metrics();
         res.writeHead(200, { "content-type": this.metrics.registry.contentType }).end(text);

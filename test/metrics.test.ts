@@ -30,7 +30,7 @@ function parseMetrics(text: string): Map<string, number> {
 }
 
 async function get(port: number, path: string): Promise<{ status: number; type: string | null; body: string }> {
-  const res = await fetch(`http://127.0.0.1:${port}${path}`);
+  const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(20_000) });
   return { status: res.status, type: res.headers.get("content-type"), body: await res.text() };
 }
 
@@ -151,7 +151,11 @@ test("/healthz is 503 and /metrics reports the database down once the database i
     const m = await scrape(worker.httpPort!);
     assert.equal(m.get("outbox_database_up"), 0);
   } finally {
-    await worker.stop();
+    // Bounded, so that a stop that hangs after the database vanished fails this test instead of the run.
+    await Promise.race([
+      worker.stop(),
+      new Promise((_, reject) => setTimeout(() => reject(new Error("worker.stop() did not finish 20 s after the database was dropped")), 20_000).unref()),
+    ]);
     await outbox.close();
   }
 });
@@ -168,7 +172,9 @@ test("outbox worker serves /healthz on OUTBOX_HTTP_PORT and says which port it b
     assert.match((await get(port, "/metrics")).body, /^# HELP /m);
   } finally {
     child.child.kill("SIGTERM");
-    assert.equal(await child.exited, 0, child.stderr());
+    const timer = setTimeout(() => child.child.kill("SIGKILL"), 30_000);
+    assert.equal(await child.exited, 0, `SIGTERM drains and exits 0: ${child.stderr()}`);
+    clearTimeout(timer);
   }
 });
 

@@ -8,6 +8,7 @@ import type { AddressInfo } from "node:net";
 import postgres, { type Sql } from "postgres";
 import { captureList } from "../db/captures.js";
 import { migrationStatusRead, type MigrationStatus } from "../db/migrate.js";
+import { statusMetricsRead } from "../db/status.js";
 import { ConfigError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { workerClientOptions } from "../worker/workerClientOptions.js";
@@ -30,12 +31,16 @@ export interface HealthReport {
   captures?: Array<{ table: string; health: string }>;
 }
 
+/** A database read of a check that did not finish in time. */
+class CheckTimeoutError extends Error {}
+
 /** `work`, or a rejection after `ms`. */
 function within<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new CheckTimeoutError(`${what} took longer than ${ms} ms`)), ms);
   });
+  work.catch(() => undefined); // an abandoned read must not become an unhandled rejection
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
@@ -47,18 +52,44 @@ function within<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
 export class WorkerHttpServer {
   /** The worker's metrics; the worker feeds the counters. */
   readonly metrics: WorkerMetrics;
-  private readonly sql: Sql;
+  private sql: Sql;
   private server: Server | undefined;
 
   constructor(private readonly options: { connectionString: string; logger: Logger; workerId: string }) {
-    this.sql = postgres(options.connectionString, {
+    this.sql = this.connect();
+    this.metrics = new WorkerMetrics({
+      readStatus: () => this.read((sql) => statusMetricsRead(sql), "the metrics read"),
+      logger: options.logger,
+      workerId: options.workerId,
+    });
+  }
+
+  private connect(): Sql {
+    return postgres(this.options.connectionString, {
       ...workerClientOptions,
       max: 1,
       connect_timeout: CHECK_TIMEOUT_MS / 1000,
       idle_timeout: 60,
       connection: { application_name: "pg-outbox http", statement_timeout: CHECK_TIMEOUT_MS },
     });
-    this.metrics = new WorkerMetrics({ sql: this.sql, logger: options.logger, workerId: options.workerId });
+  }
+
+  /**
+   * Runs a read within CHECK_TIMEOUT_MS. A read that outlives it may be one postgres.js never
+   * settles (its connection was terminated under it: a restart, a dropped database); on a
+   * pool of one it would hold up every later check, so the client is replaced.
+   */
+  private async read<T>(work: (sql: Sql) => Promise<T>, what: string): Promise<T> {
+    const sql = this.sql;
+    try {
+      return await within(work(sql), CHECK_TIMEOUT_MS, what);
+    } catch (error) {
+      if (error instanceof CheckTimeoutError && this.sql === sql) {
+        this.sql = this.connect();
+        void sql.end({ timeout: 0 }).catch(() => undefined);
+      }
+      throw error;
+    }
   }
 
   /** Starts listening; returns the bound port (useful with port 0, any free port). */
@@ -89,7 +120,7 @@ export class WorkerHttpServer {
   /** Readiness: the database answers and every migration shipped here is applied. */
   async health(): Promise<HealthReport> {
     try {
-      const migrations = await within(migrationStatusRead(this.sql), CHECK_TIMEOUT_MS, "the health check");
+      const migrations = await this.read((sql) => migrationStatusRead(sql), "the health check");
       if (!migrations.current) {
         return {
           status: "unavailable",
@@ -102,7 +133,7 @@ export class WorkerHttpServer {
       }
       // Capture health does not make the worker unready (restarting it cannot fix a
       // disabled trigger), but it must show where operators look.
-      const captures = (await within(captureList(this.sql), CHECK_TIMEOUT_MS, "the health check"))
+      const captures = (await this.read((sql) => captureList(sql), "the health check"))
         .filter((c) => c.health !== "ok")
         .map((c) => ({ table: `${c.schemaName}.${c.tableName}`, health: c.health }));
       if (captures.length > 0) {

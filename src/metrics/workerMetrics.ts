@@ -5,9 +5,8 @@
  * at each scrape, so every worker reports the same database-wide values (aggregate them with
  * `max`, not `sum`).
  */
-import type { Sql } from "postgres";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { statusMetricsRead } from "../db/status.js";
+import type { StatusMetrics } from "../db/status.js";
 import type { Logger } from "../logger.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription } from "../transports/transport.js";
 
@@ -27,7 +26,11 @@ export class WorkerMetrics {
   private readonly deliveries: Counter<"subscription" | "outcome">;
   private readonly latency: Histogram<"subscription">;
 
-  constructor(options: { sql: Sql; logger: Logger; workerId: string }) {
+  /**
+   * `readStatus` reads the database side (backlog, lag) once per scrape; it should give up
+   * after a few seconds, so that a scrape never hangs on an unreachable database.
+   */
+  constructor(options: { readStatus: () => Promise<StatusMetrics>; logger: Logger; workerId: string }) {
     const registry = this.registry;
     registry.setDefaultLabels({ worker: options.workerId });
     collectDefaultMetrics({ register: registry });
@@ -58,7 +61,7 @@ export class WorkerMetrics {
         backlog.reset();
         oldest.reset();
         try {
-          const status = await statusMetricsRead(options.sql);
+          const status = await options.readStatus();
           const oldestBySubscription = new Map<string, number>();
           for (const row of status.backlog) {
             backlog.set({ subscription: row.subscription, status: row.status }, row.count);

@@ -77,17 +77,14 @@ $$;
 -- 'delivered', 'retry' (p_retry_after_ms overrides the backoff, e.g. from Retry-After), or
 -- 'dead' (non-retryable). A retry past max_attempts is dead. Only deliveries still leased
 -- to p_worker change: a late answer after the lease passed to another worker is dropped.
--- plpgsql rather than SQL so that its plan is cached for the session (a SQL function's body
--- is planned on every call).
+-- A SQL function, planned on every call with the actual arrays: a cached generic plan
+-- guessed ten outcomes and, with stale statistics on delivering rows, joined every
+-- delivering row against every outcome (5,000 outcomes took 12 s instead of 0.1 s).
 create or replace function outbox._delivery_complete(
   p_worker text, p_ids bigint[], p_outcomes text[], p_errors text[], p_statuses int[], p_retry_after_ms int[])
 returns int
-language plpgsql
-set plan_cache_mode = force_generic_plan
+language sql
 as $$
-declare
-  v_count int;
-begin
   with outcome as (
     select * from unnest(p_ids, p_outcomes, p_errors, p_statuses, p_retry_after_ms)
       as o(id, outcome, error, status, retry_after_ms)
@@ -113,9 +110,7 @@ begin
       and d.status = 'delivering' and d.locked_by = p_worker
     returning 1
   )
-  select count(*)::int into v_count from done;
-  return v_count;
-end
+  select count(*)::int from done
 $$;
 
 -- Deliveries whose lease ran out (the worker crashed or lost its connection mid-delivery)

@@ -53,11 +53,15 @@ export async function deliveryCompleteBatch(sql: Sql, worker: string, results: D
   return row?.n ?? 0;
 }
 
-/** Extends the leases of the deliveries `worker` holds; returns how many. */
+/**
+ * Extends the leases of the deliveries `worker` holds that run out within two thirds of a
+ * lease (so those claimed in the last third are left alone); returns how many.
+ */
 export async function deliveryLeaseExtend(sql: Sql, worker: string, leaseMs: number): Promise<number> {
   const rows = await sql`
     update outbox.deliveries set locked_until = now() + make_interval(secs => ${leaseMs}::int / 1000.0)
-    where status = 'delivering' and locked_by = ${worker}`;
+    where status = 'delivering' and locked_by = ${worker}
+      and locked_until < now() + make_interval(secs => ${leaseMs}::int / 1500.0)`;
   return rows.count;
 }
 

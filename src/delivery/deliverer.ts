@@ -6,6 +6,9 @@ import type { Logger } from "../logger.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport } from "../transports/transport.js";
 import { errorText } from "../transports/transport.js";
 
+/** Outcomes recorded per statement. */
+const FLUSH_BATCH = 5000;
+
 /** Options of the {@link Deliverer}. */
 export interface DelivererOptions {
   sql: Sql;
@@ -49,7 +52,9 @@ export class Deliverer {
   private leaseTimer: NodeJS.Timeout | undefined;
   private readonly pumping = new Set<string>();
   private readonly repump = new Set<string>();
-  private results: DeliveryResult[] = [];
+  /** Outcomes not recorded yet; their deliveries still count as held by their subscription. */
+  private results: Array<DeliveryResult & { subscription: string }> = [];
+  private extending = false;
   private flushing: Promise<void> | undefined;
   private flushScheduled = false;
   private stopping = false;
@@ -70,13 +75,20 @@ export class Deliverer {
     this.leaseTimer.unref();
   }
 
-  /** Extends the leases of every delivery this worker holds (one statement). */
+  /**
+   * Extends the leases this worker holds that run out within two thirds of a lease (one
+   * statement; at most one at a time). Deliveries that finish quickly never need it, so it
+   * touches only the long-running ones.
+   */
   private async extendLeases(): Promise<void> {
-    if (this.inFlightTotal === 0 || this.closed) return;
+    if (this.inFlightTotal === 0 || this.closed || this.extending) return;
+    this.extending = true;
     try {
       await deliveryLeaseExtend(this.options.sql, this.options.workerId, this.leaseMs);
     } catch (error) {
       this.options.logger.warn({ err: error }, "could not extend the leases of held deliveries");
+    } finally {
+      this.extending = false;
     }
   }
 
@@ -94,7 +106,7 @@ export class Deliverer {
   get inFlightTotal(): number {
     let total = 0;
     for (const n of this.inFlight.values()) total += n;
-    return total + this.results.length;
+    return total;
   }
 
   /** Claims and starts deliveries for the given subscriptions (default all served); returns how many were claimed. */
@@ -219,6 +231,7 @@ export class Deliverer {
     attempts.forEach((attempt, i) => {
       const o = outcomes[i] ?? { outcome: "retry" as const, error: "transport returned no outcome" };
       this.results.push({
+        subscription: sub.name,
         id: attempt.deliveryId,
         outcome: o.outcome,
         error: o.outcome === "delivered" ? null : o.error,
@@ -230,7 +243,8 @@ export class Deliverer {
         if (o.deactivate) void this.deactivate(sub, o.deactivate);
       }
     });
-    this.inFlight.set(sub.name, (this.inFlight.get(sub.name) ?? 0) - attempts.length);
+    // Still held until the outcome is recorded (flush): claiming more before that would let
+    // unrecorded outcomes pile up without bound when recording is the slower side.
     this.scheduleFlush();
   }
 
@@ -256,15 +270,21 @@ export class Deliverer {
   async flush(): Promise<void> {
     while (this.flushing) await this.flushing;
     if (this.results.length === 0) return this.notifyIdle();
-    const batch = this.results;
-    this.results = [];
+    // Bounded statements: a backlog of outcomes is recorded a few thousand at a time.
+    const batch = this.results.splice(0, FLUSH_BATCH);
+    if (this.results.length > 0) this.scheduleFlush();
+    const release = () => {
+      for (const r of batch) this.inFlight.set(r.subscription, (this.inFlight.get(r.subscription) ?? 0) - 1);
+    };
     this.flushing = (async () => {
       try {
         await deliveryCompleteBatch(this.options.sql, this.options.workerId, batch);
+        release();
       } catch (error) {
         if (this.closed) {
           // The pool is gone: the leases of these deliveries expire and they are retried.
           this.options.logger.warn({ err: error, count: batch.length }, "outcomes not recorded after stop");
+          release();
           return;
         }
         this.options.logger.error({ err: error, count: batch.length }, "could not record outcomes; retrying");

@@ -5,9 +5,19 @@ import { subscriptionDeactivate } from "../db/subscriptions.js";
 import type { Logger } from "../logger.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport } from "../transports/transport.js";
 import { errorText } from "../transports/transport.js";
+import { settleWithin } from "../db/settleWithin.js";
 
 /** Outcomes recorded per statement. */
 const FLUSH_BATCH = 5000;
+
+/**
+ * How long recording a batch of outcomes may take before it is tried again. After its
+ * connection is cut, postgres.js can leave a query that never settles; since held deliveries
+ * are released only once recorded, waiting on it forever would stop the subscription. Trying
+ * again is safe: an outcome applies only to a delivery still leased to this worker.
+ */
+const RECORD_TIMEOUT_MS = 10_000;
+
 
 /** Options of the {@link Deliverer}. */
 export interface DelivererOptions {
@@ -203,7 +213,7 @@ export class Deliverer {
         const capacity = limit - (this.inFlight.get(name) ?? 0);
         if (capacity <= 0) break;
         const want = Math.min(capacity, this.claimBatch);
-        const rows = await deliveryClaimDue(this.options.sql, this.options.workerId, name, want, this.leaseMs);
+        const rows = await settleWithin(deliveryClaimDue(this.options.sql, this.options.workerId, name, want, this.leaseMs), RECORD_TIMEOUT_MS);
         claimed += rows.length;
         if (rows.length > 0) {
           this.inFlight.set(name, (this.inFlight.get(name) ?? 0) + rows.length);
@@ -278,7 +288,7 @@ export class Deliverer {
     };
     this.flushing = (async () => {
       try {
-        await deliveryCompleteBatch(this.options.sql, this.options.workerId, batch);
+        await settleWithin(deliveryCompleteBatch(this.options.sql, this.options.workerId, batch), RECORD_TIMEOUT_MS);
         release();
       } catch (error) {
         if (this.closed) {

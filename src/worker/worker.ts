@@ -17,6 +17,7 @@ import type { Transport } from "../transports/transport.js";
 import { WebhookTransport, type WebhookTransportOptions } from "../transports/webhook.js";
 import { graphileLogger } from "./graphileLogger.js";
 import { workerClientOptions } from "./workerClientOptions.js";
+import { settleWithin } from "../db/settleWithin.js";
 
 /** Options of a worker process (validated by createOutbox). */
 export interface WorkerOptions {
@@ -155,7 +156,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
         // After dispatch, so that a wake-up's first round is not kept waiting.
         if (Date.now() - lastRecoverAt > Math.min(5000, options.leaseMs / 2)) {
           lastRecoverAt = Date.now();
-          const recovered = await deliveryRecoverExpired(sql);
+          const recovered = await settleWithin(deliveryRecoverExpired(sql), 10_000);
           if (recovered > 0) logger.warn({ recovered }, "took over deliveries whose lease expired");
         }
         if (stopping) break;

@@ -49,6 +49,18 @@ export class AddressRefusedError extends OutboxError {
   }
 }
 
+/**
+ * A query got no answer in time. After its connection is cut, postgres.js can leave a query
+ * that never settles; the worker gives up on it (and, where it owns the connection, replaces
+ * the connection) instead of waiting forever.
+ */
+export class NoAnswerError extends OutboxError {
+  constructor(ms: number) {
+    super("database_unreachable", `no answer from PostgreSQL within ${ms} ms; the query is abandoned and tried again`);
+    this.name = "NoAnswerError";
+  }
+}
+
 /** SQLSTATE classes and codes pg-outbox reacts to. */
 const connectionClasses = new Set(["08", "57", "53"]);
 const inputStates = new Set(["22023", "22004", "42703", "42809", "42P01", "55000", "22P02", "23514", "23505", "42704"]);

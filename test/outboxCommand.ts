@@ -9,7 +9,9 @@ export interface CommandResult {
 }
 
 function commandEnv(env: Record<string, string | undefined>): NodeJS.ProcessEnv {
-  return { ...process.env, OUTBOX_LOG_LEVEL: "error", ...env };
+  // No /metrics port unless a test asks: test files run in parallel, and two workers on the
+  // default port would collide.
+  return { ...process.env, OUTBOX_LOG_LEVEL: "error", OUTBOX_HTTP_PORT: "off", ...env };
 }
 
 /** Runs `outbox <args>` to completion. */

@@ -237,7 +237,7 @@ test("outbox worker takes the address policy from OUTBOX_WEBHOOKS_ALLOW_PRIVATE_
   const r = await receiver();
   await webhookSubscription(db.sql, "cli_private", "cli1.**", { url: `${r.origin}/x` });
   const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "worker"], {
-    env: { ...process.env, DATABASE_URL: db.url, OUTBOX_LOG_LEVEL: "error", OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS: "false" },
+    env: { ...process.env, DATABASE_URL: db.url, OUTBOX_LOG_LEVEL: "error", OUTBOX_HTTP_PORT: "off", OUTBOX_WEBHOOKS_ALLOW_PRIVATE_NETWORKS: "false" },
     stdio: "ignore",
   });
   const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));

@@ -5,19 +5,10 @@ import { subscriptionDeactivate } from "../db/subscriptions.js";
 import type { Logger } from "../logger.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport } from "../transports/transport.js";
 import { errorText } from "../transports/transport.js";
-import { settleWithin } from "../db/settleWithin.js";
+import { ANSWER_WITHIN_MS, settleWithin } from "../db/settleWithin.js";
 
 /** Outcomes recorded per statement. */
 const FLUSH_BATCH = 5000;
-
-/**
- * How long recording a batch of outcomes may take before it is tried again. After its
- * connection is cut, postgres.js can leave a query that never settles; since held deliveries
- * are released only once recorded, waiting on it forever would stop the subscription. Trying
- * again is safe: an outcome applies only to a delivery still leased to this worker.
- */
-const RECORD_TIMEOUT_MS = 10_000;
-
 
 /** Options of the {@link Deliverer}. */
 export interface DelivererOptions {
@@ -94,7 +85,7 @@ export class Deliverer {
     if (this.inFlightTotal === 0 || this.closed || this.extending) return;
     this.extending = true;
     try {
-      await deliveryLeaseExtend(this.options.sql, this.options.workerId, this.leaseMs);
+      await settleWithin(deliveryLeaseExtend(this.options.sql, this.options.workerId, this.leaseMs), ANSWER_WITHIN_MS);
     } catch (error) {
       this.options.logger.warn({ err: error }, "could not extend the leases of held deliveries");
     } finally {
@@ -213,7 +204,7 @@ export class Deliverer {
         const capacity = limit - (this.inFlight.get(name) ?? 0);
         if (capacity <= 0) break;
         const want = Math.min(capacity, this.claimBatch);
-        const rows = await settleWithin(deliveryClaimDue(this.options.sql, this.options.workerId, name, want, this.leaseMs), RECORD_TIMEOUT_MS);
+        const rows = await settleWithin(deliveryClaimDue(this.options.sql, this.options.workerId, name, want, this.leaseMs), ANSWER_WITHIN_MS);
         claimed += rows.length;
         if (rows.length > 0) {
           this.inFlight.set(name, (this.inFlight.get(name) ?? 0) + rows.length);
@@ -288,7 +279,7 @@ export class Deliverer {
     };
     this.flushing = (async () => {
       try {
-        await settleWithin(deliveryCompleteBatch(this.options.sql, this.options.workerId, batch), RECORD_TIMEOUT_MS);
+        await settleWithin(deliveryCompleteBatch(this.options.sql, this.options.workerId, batch), ANSWER_WITHIN_MS);
         release();
       } catch (error) {
         if (this.closed) {

@@ -6,9 +6,10 @@ import {
   type DispatchClaimRequest,
   type DispatchRound,
 } from "../db/dispatchState.js";
-import { isConnectionError, OutboxError, sqlStateOf } from "../errors.js";
+import { isConnectionError, NoAnswerError, OutboxError, sqlStateOf } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { workerClientOptions } from "../worker/workerClientOptions.js";
+import { settleWithin } from "../db/settleWithin.js";
 
 /** Options of the {@link Dispatcher}. */
 export interface DispatcherOptions {
@@ -16,6 +17,12 @@ export interface DispatcherOptions {
   connectionString: string;
   /** Events read per round; default 2000 (what a worker may hold per subscription, so that dispatch can claim a whole round). */
   maxEventsPerRound?: number;
+  /**
+   * How long a query on the dispatcher's connection may go unanswered before the connection
+   * is replaced; default 15000 ms. A round takes milliseconds; this only catches a query
+   * postgres.js lost track of after its connection was cut, which never settles.
+   */
+  answerWithinMs?: number;
   logger: Logger;
 }
 
@@ -28,30 +35,62 @@ export interface DispatcherOptions {
  * settle it, which would freeze the worker.
  */
 export class Dispatcher {
-  private readonly client: Sql;
+  private client: Sql;
   private holding = false;
   private closed = closedSignal();
   private readonly maxEvents: number;
+  private readonly answerWithinMs: number;
+  private readonly connectionString: string;
   private readonly logger: Logger;
 
   constructor(options: DispatcherOptions) {
     this.maxEvents = options.maxEventsPerRound ?? 2000;
+    this.answerWithinMs = options.answerWithinMs ?? 15_000;
+    this.connectionString = options.connectionString;
     this.logger = options.logger;
-    this.client = postgres(options.connectionString, {
+    this.client = this.connect();
+  }
+
+  private connect(): Sql {
+    const client: Sql = postgres(this.connectionString, {
       ...workerClientOptions,
       max: 1,
       idle_timeout: 0,
       max_lifetime: null,
       onclose: () => {
+        if (client !== this.client) return; // a replaced connection closing late
         if (this.holding) this.logger.warn("dispatcher connection closed: dispatcher role released");
         this.holding = false;
         this.closed.fire();
         this.closed = closedSignal();
       },
-      // Asynchronous commit, as for the worker's pool: a dispatch round forgotten by a crash
-      // of PostgreSQL is read again (its deliveries and cursor were one transaction).
-      connection: { application_name: "pg-outbox dispatcher", synchronous_commit: "off" },
+      connection: {
+        application_name: "pg-outbox dispatcher",
+        // Asynchronous commit, as for the worker's pool: a dispatch round forgotten by a
+        // crash of PostgreSQL is read again (its deliveries and cursor were one transaction).
+        synchronous_commit: "off",
+        // A replaced connection's backend may still be running (waiting on a lock, say) and
+        // holding the role's lock; this ends it soon after the worker gave up on it.
+        statement_timeout: 2 * this.answerWithinMs,
+      },
     });
+    return client;
+  }
+
+  /**
+   * Drops the connection for a new one. Ending the session is what releases the advisory
+   * lock, so the role is given up with it; a query still running on the old session is
+   * cancelled by PostgreSQL when it notices the client went away.
+   */
+  private replaceConnection(reason: string): void {
+    if (this.holding) this.logger.warn({ reason }, "dispatcher connection replaced: dispatcher role released");
+    else this.logger.warn({ reason }, "dispatcher connection replaced");
+    this.holding = false;
+    const old = this.client;
+    this.client = this.connect();
+    this.closed.fire();
+    this.closed = closedSignal();
+    void old.end({ timeout: 0 }).catch(() => undefined);
   }
 
   /**
@@ -97,10 +136,15 @@ export class Dispatcher {
     await this.client.end({ timeout: 1 }); // see the stop of src/worker/worker.ts
   }
 
-  /** `work`, or a rejection as soon as the connection closes. */
+  /**
+   * `work`, or a rejection as soon as the connection closes or when no answer comes within
+   * `answerWithinMs`; then the connection is replaced, so that a lost query does not keep it.
+   */
   private guarded<T>(work: Promise<T>): Promise<T> {
-    work.catch(() => undefined); // abandoned work must not become an unhandled rejection
-    return Promise.race([work, this.closed.promise]);
+    return settleWithin(Promise.race([work, this.closed.promise]), this.answerWithinMs).catch((error: unknown) => {
+      if (error instanceof NoAnswerError) this.replaceConnection(error.message);
+      throw error;
+    });
   }
 }
 

@@ -15,9 +15,9 @@ import type { HandlerTransport } from "../transports/handler.js";
 import { NotifyTransport } from "../transports/notify.js";
 import type { Transport } from "../transports/transport.js";
 import { WebhookTransport, type WebhookTransportOptions } from "../transports/webhook.js";
+import { ANSWER_WITHIN_MS, settleWithin } from "../db/settleWithin.js";
 import { graphileLogger } from "./graphileLogger.js";
 import { workerClientOptions } from "./workerClientOptions.js";
-import { settleWithin } from "../db/settleWithin.js";
 
 /** Options of a worker process (validated by createOutbox). */
 export interface WorkerOptions {
@@ -116,7 +116,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     if (value) idleRefreshedAt = now;
     // Serialized so that a late "busy" never overtakes an "idle" written after it.
     idleWrite = idleWrite
-      .then(() => workerIdleSet(sql, id, value ? options.idleTtlMs : null))
+      .then(() => settleWithin(workerIdleSet(sql, id, value ? options.idleTtlMs : null), ANSWER_WITHIN_MS))
       .catch((error) => logger.warn({ err: error }, "could not update idle mark"));
   };
 
@@ -156,7 +156,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
         // After dispatch, so that a wake-up's first round is not kept waiting.
         if (Date.now() - lastRecoverAt > Math.min(5000, options.leaseMs / 2)) {
           lastRecoverAt = Date.now();
-          const recovered = await settleWithin(deliveryRecoverExpired(sql), 10_000);
+          const recovered = await settleWithin(deliveryRecoverExpired(sql), ANSWER_WITHIN_MS);
           if (recovered > 0) logger.warn({ recovered }, "took over deliveries whose lease expired");
         }
         if (stopping) break;
@@ -227,12 +227,12 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       await ticking;
       const drained = await deliverer.drain(options.drainTimeoutMs);
       if (!drained) logger.warn("stopped before every in-flight delivery finished; their leases will expire and another worker retries them");
-      const released = await deliveryReleaseHeld(sql, id).catch(() => 0);
+      const released = await settleWithin(deliveryReleaseHeld(sql, id), ANSWER_WITHIN_MS).catch(() => 0);
       if (released > 0) logger.info({ released }, "handed back deliveries claimed while stopping");
       deliverer.close();
       await Promise.all(listeners.map((l) => l.unlisten().catch(() => undefined)));
       await idleWrite;
-      await workerRemove(sql, id).catch(() => undefined);
+      await settleWithin(workerRemove(sql, id), ANSWER_WITHIN_MS).catch(() => undefined);
       await dispatcher.stop().catch(() => undefined);
       await runner.stop().catch(() => undefined);
       await http?.close();

@@ -1,0 +1,57 @@
+/**
+ * The dispatcher's own connection: a query that gets no answer in time makes it give up the
+ * connection (and the dispatcher role with it) and carry on with a new one, instead of waiting
+ * forever (postgres.js can leave a query unsettled after a connection is cut).
+ */
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+import { Dispatcher } from "../src/dispatch/dispatcher.js";
+import { NoAnswerError } from "../src/errors.js";
+import { silentLogger } from "../src/logger.js";
+import { capturedTable } from "./deliveryHelpers.js";
+import { useTestDatabase, waitFor } from "./harness.js";
+
+const dispatchers: Dispatcher[] = [];
+after(async () => {
+  for (const d of dispatchers) await d.stop().catch(() => undefined);
+});
+const db = useTestDatabase();
+
+test("a dispatch round without an answer is abandoned: the connection and the role are given up, and the next round runs on a new connection", async () => {
+  await capturedTable(db.sql, "stuck_events");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('stuck', 'public.stuck_events.*', 'notify', '{"channel": "stuck"}')`;
+  const dispatcher = new Dispatcher({ connectionString: db.url, logger: silentLogger(), answerWithinMs: 300 });
+  dispatchers.push(dispatcher);
+  const warmup = await dispatcher.runUntilCaughtUp();
+  assert.ok(warmup, "took the dispatcher role");
+
+  // Hold the dispatch state row, so that the next round waits on it and gets no answer.
+  const holder = await db.sql.reserve();
+  try {
+    await holder`begin`;
+    await holder`select 1 from outbox._dispatch_state where id = 1 for update`;
+    await db.sql`insert into stuck_events (id) values (1)`;
+    const started = Date.now();
+    await assert.rejects(dispatcher.runUntilCaughtUp(), NoAnswerError);
+    assert.ok(Date.now() - started < 5000, "gave up after its deadline");
+    // The old backend ends at its statement timeout; with it goes the advisory lock.
+    await waitFor(
+      async () => {
+        const [{ n }] = await db.sql<{ n: number }[]>`
+          select count(*)::int as n from pg_locks l join pg_database d on d.oid = l.database
+          where l.locktype = 'advisory' and l.granted and d.datname = current_database()`;
+        return n === 0;
+      },
+      "the abandoned session to release the dispatcher role",
+      5000,
+    );
+  } finally {
+    await holder`rollback`.catch(() => undefined);
+    holder.release();
+  }
+  const round = await dispatcher.runUntilCaughtUp();
+  assert.ok(round, "took the role again on a new connection");
+  assert.equal(round.events, 1, "dispatched the event written while it was stuck");
+  const [{ n }] = await db.sql<{ n: number }[]>`select count(*)::int as n from outbox.deliveries where subscription = 'stuck'`;
+  assert.equal(n, 1);
+});

@@ -1,11 +1,12 @@
 /** Runtime SQL on `outbox._workers`: who is running, who is idle (and wants a wake-up). */
 import type { Sql } from "postgres";
+import { arrayParam } from "./arrayParam.js";
 
 /** Registers a worker process. */
 export async function workerRegister(sql: Sql, id: string, handlers: string[]): Promise<void> {
   await sql`
     insert into outbox._workers (id, handlers)
-    values (${id}, array(select json_array_elements_text(${JSON.stringify(handlers)}::text::json)))
+    values (${id}, ${arrayParam(sql, handlers, "text")})
     on conflict (id) do update set handlers = excluded.handlers, heartbeat_at = now()`;
 }
 

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { arrayParam } from "../db/arrayParam.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport, TransportContext } from "./transport.js";
 import { errorText } from "./transport.js";
 
@@ -42,7 +43,7 @@ export class NotifyTransport implements Transport {
     try {
       await this.context.sql`
         select pg_notify(${parsed.data.channel}, p)
-        from json_array_elements_text(${JSON.stringify(payloads)}::text::json) with ordinality u(p, n) order by n`;
+        from unnest(${arrayParam(this.context.sql, payloads, "text")}) with ordinality u(p, n) order by n`;
       return attempts.map(() => ({ outcome: "delivered" }));
     } catch (error) {
       return attempts.map(() => ({ outcome: "retry", error: errorText(error) }));

@@ -68,7 +68,7 @@ export type DeliveryOutcome =
 export interface TransportContext {
   /**
    * The worker's pool. It does not fetch array types (see src/worker/workerClientOptions.ts):
-   * pass arrays to queries as JSON (`json_array_elements_text(${JSON.stringify(xs)}::text::json)`).
+   * pass arrays to queries with `arrayParam` (src/db/arrayParam.ts), which sends them as JSON.
    */
   sql: Sql;
   logger: Logger;

@@ -9,7 +9,7 @@ import type { Options } from "postgres";
  * terminated backend, a failover: exactly when a worker reconnects) the error surfaces as an
  * unhandled rejection, which ends a Node process by default (porsager/postgres #1192, #1223;
  * reproduced here by terminating the worker's backends). The cost: postgres.js cannot send or
- * parse arrays on these clients, so their queries pass arrays as JSON.
+ * parse arrays on these clients, so their queries pass arrays as JSON (`arrayParam`).
  */
 export const workerClientOptions = {
   fetch_types: false,

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { pino } from "pino";
+import { createOutbox } from "../src/outbox.js";
 import type { OutboxEvent } from "../src/transports/transport.js";
 import { useTestDatabase, waitFor } from "./harness.js";
-import { capturedTable, deliveriesOf, hastenRetries, startOutbox, statusCounts } from "./deliveryHelpers.js";
+import { capturedTable, deliveriesOf, hastenRetries, startOutbox, statusCounts, testWorkerOptions } from "./deliveryHelpers.js";
 
 const db = useTestDatabase();
 
@@ -154,5 +156,53 @@ test("a failing subscription does not slow a healthy one", async () => {
     assert.ok(retried >= 1, "failing deliveries carry their error");
   } finally {
     await w.stop();
+  }
+});
+
+test("a subscription whose claim raises in every round does not hold up a healthy one: the worker's rounds still finish, it goes idle, and each write wakes it", async () => {
+  await capturedTable(db.sql, "o4");
+  // A subscription written with plain SQL whose every claim raises a real error: the
+  // constraint accepts `"concurrency": 1.0` (a whole number), but _delivery_claim casts the
+  // text '1.0' to int. Dispatch does not claim for subscriptions with a concurrency limit, so
+  // only the deliverer's per-subscription claim (pumpAll) meets the error.
+  await db.sql`
+    insert into outbox.subscriptions (name, pattern, kind, config)
+    values ('o4_broken', 'public.o4.*', 'notify', '{"channel": "o4_broken", "concurrency": 1.0}')`;
+  await assert.rejects(
+    db.sql`select * from outbox._delivery_claim('probe', 'o4_broken', 1, 1000)`,
+    /invalid input syntax for type integer: "1\.0"/,
+    "precondition: o4_broken's claim raises (if this changes, make its claim fail another way, or this test proves nothing)",
+  );
+
+  const errors: Array<{ msg: string; subscription?: string; err?: { message?: string } }> = [];
+  const logger = pino({ level: "error" }, { write: (line: string) => void errors.push(JSON.parse(line)) });
+  const healthy: number[] = [];
+  // A 60 s poll: within this test only a wake-up, which needs a round that finished and
+  // marked the worker idle, delivers a write.
+  const outbox = createOutbox({ connectionString: db.url, logger, worker: { ...testWorkerOptions, pollIntervalMs: 60_000 } });
+  outbox.handle("o4_healthy", "public.o4.*", (event) => void healthy.push(rowOf(event).id));
+  const worker = await outbox.start();
+  try {
+    await waitFor(
+      async () => (await db.sql`select from outbox._workers where id = ${worker.id} and idle_until > now()`).length === 1,
+      "the worker to finish a round and mark itself idle although o4_broken's claim raises in every round",
+    );
+    for (const id of [1, 2, 3]) {
+      await db.sql`insert into o4 (id) values (${id})`;
+      await waitFor(async () => healthy.includes(id), `the healthy subscription to get row ${id} from a wake-up, not the 60 s poll`, 5000);
+    }
+    await waitFor(async () => (await statusCounts(db.sql, "o4_healthy")).delivered === 3, "the healthy deliveries recorded");
+
+    const claimErrors = errors.filter((e) => e.msg === "could not claim deliveries" && e.subscription === "o4_broken");
+    assert.ok(claimErrors.length >= 1, `the worker's claims of o4_broken failed (errors logged: ${JSON.stringify(errors.map((e) => e.msg))})`);
+    assert.match(claimErrors[0]!.err?.message ?? "", /invalid input syntax for type integer/);
+    assert.deepEqual(
+      (await deliveriesOf(db.sql, "o4_broken")).map((d) => [d.row_id, d.status, d.attempts]),
+      [[1, "pending", 0], [2, "pending", 0], [3, "pending", 0]],
+      "o4_broken's deliveries were written and never claimed",
+    );
+  } finally {
+    await worker.stop();
+    await outbox.close();
   }
 });

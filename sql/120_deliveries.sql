@@ -80,6 +80,11 @@ $$;
 -- A SQL function, planned on every call with the actual arrays: a cached generic plan
 -- guessed ten outcomes and, with stale statistics on delivering rows, joined every
 -- delivering row against every outcome (5,000 outcomes took 12 s instead of 0.1 s).
+-- The rows are found by `locked_by` alone (deliveries_locked_by_check: set exactly while
+-- delivering), not by `status = 'delivering'`: that condition lets the planner read the
+-- partial index of delivering rows, and statistics taken while few rows were delivering
+-- (a new table, a burst) made it scan every delivering row once per outcome; measured in
+-- the benchmark, 1,000 outcomes took 424 ms instead of 10.
 create or replace function outbox._delivery_complete(
   p_worker text, p_ids bigint[], p_outcomes text[], p_errors text[], p_statuses int[], p_retry_after_ms int[])
 returns int
@@ -106,8 +111,7 @@ as $$
       locked_by = null,
       updated_at = now()
     from outcome o, outbox.subscriptions s
-    where d.id = o.id and s.name = d.subscription
-      and d.status = 'delivering' and d.locked_by = p_worker
+    where d.id = o.id and s.name = d.subscription and d.locked_by = p_worker
     returning 1
   )
   select count(*)::int from done

@@ -134,6 +134,9 @@ export const deliveries = outboxSchema.table(
   },
   (t) => [
     check("deliveries_status_check", sql`${t.status} in ('pending', 'delivering', 'retrying', 'delivered', 'dead')`),
+    // A lease has an owner exactly while an attempt runs: recording an outcome finds the
+    // worker's deliveries by `locked_by` alone (see _delivery_complete in sql/120).
+    check("deliveries_locked_by_check", sql`(${t.status} = 'delivering') = (${t.lockedBy} is not null)`),
     uniqueIndex("deliveries_event_position_subscription_idx").on(t.eventPosition, t.subscription),
     // The claim order (due time, then event order) straight from the index: without
     // event_position here every claim sorted all of a subscription's due deliveries.

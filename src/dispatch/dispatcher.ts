@@ -15,7 +15,7 @@ import { settleWithin } from "../db/settleWithin.js";
 export interface DispatcherOptions {
   /** Connection string: the dispatcher keeps one session of its own for its lock. */
   connectionString: string;
-  /** Events read per round; default 2000 (what a worker may hold per subscription, so that dispatch can claim a whole round). */
+  /** Events read per round; default 2000 (a fifth of what a worker may hold per subscription, so that dispatch can claim whole rounds). */
   maxEventsPerRound?: number;
   /**
    * How long a query on the dispatcher's connection may go unanswered before the connection

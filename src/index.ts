@@ -10,6 +10,7 @@ export { topicMatches } from "./topicMatches.js";
 export { enableCaptureSql, disableCaptureSql, subscriptionSql, sqlLiteral } from "./migrationSql.js";
 export type { InferCaptureEvent, CaptureEventRow, CaptureTopic, JsonOf } from "./inferCaptureEvent.js";
 export type { OutboxEvent } from "./transports/transport.js";
+export type { EmittedEvent, TopicMap, TopicName, TopicData, PatternEvent } from "./emittedEvent.js";
 export { NonRetryableError, type HandlerContext } from "./transports/handler.js";
 export { startEmbeddedPostgres, type EmbeddedServer, type EmbeddedOptions } from "./db/embeddedPostgres.js";
 export { OutboxError, ConfigError, AddressRefusedError, type OutboxErrorCode } from "./errors.js";

@@ -9,6 +9,7 @@ import { migrate } from "./db/migrate.js";
 import { statusRead, type OutboxStatus } from "./db/status.js";
 import { subscriptionDelete, subscriptionListRows, subscriptionUpsert, type SubscriptionInput, type SubscriptionRow } from "./db/subscriptions.js";
 import { redactSubscriptionConfig } from "./redactSubscriptionConfig.js";
+import type { PatternEvent, TopicData, TopicMap, TopicName } from "./emittedEvent.js";
 import { DEFAULT_DEACTIVATE_AFTER_FAILING_MS } from "./transports/endpointHealth.js";
 import { HandlerTransport, type EventHandler } from "./transports/handler.js";
 import { startWorker, type OutboxWorker } from "./worker/worker.js";
@@ -114,8 +115,11 @@ export interface HandleOptions {
   concurrency?: number;
 }
 
-/** The pg-outbox API on one database. */
-export interface Outbox {
+/**
+ * The pg-outbox API on one database. `TTopics` maps the app's emitted topics to their payload
+ * types (see {@link createOutbox}); default none, every topic's data `unknown`.
+ */
+export interface Outbox<TTopics extends TopicMap = Record<never, never>> {
   /** The postgres.js client in use. */
   readonly sql: Sql;
   /** Brings the `outbox` schema up to date; safe to run concurrently, idempotent. */
@@ -129,16 +133,26 @@ export interface Outbox {
   /**
    * Writes an app event in `client`'s transaction (pass the transaction to make the event
    * atomic with your writes; pass `outbox.sql` for a standalone event). Returns its id.
+   * `data` must have the type the topic map gives `topic`; any data for a topic it lacks.
    */
-  emit(client: Queryable, topic: string, data: unknown, options?: { key?: string }): Promise<string>;
+  emit<TTopic extends TopicName<TTopics>>(client: Queryable, topic: TTopic, data: TopicData<TTopics, TTopic>, options?: { key?: string }): Promise<string>;
   /** Committed events after a position (default the beginning), oldest first. */
   events(options?: { after?: string; limit?: number }): Promise<EventRow[]>;
   /**
    * Registers an in-process handler, durably: it creates or updates a `handler` subscription
    * named `name` (when the worker starts), so deliveries are retried and visible in SQL like
    * any other. Only workers that registered it claim its deliveries.
+   *
+   * The event's type: `TEvent` when given (e.g. an `InferCaptureEvent`); otherwise, for a
+   * topic of the topic map, an `EmittedEvent` with that topic's `data` type, and for any other
+   * pattern `OutboxEvent`.
    */
-  handle<TEvent = import("./transports/transport.js").OutboxEvent>(name: string, pattern: string, fn: EventHandler<TEvent>, options?: HandleOptions): void;
+  handle<TEvent = never, TPattern extends string = string>(
+    name: string,
+    pattern: TPattern,
+    fn: EventHandler<[TEvent] extends [never] ? PatternEvent<TTopics, TPattern> : TEvent>,
+    options?: HandleOptions,
+  ): void;
   /** Creates or updates a subscription row (the same as inserting it with SQL). */
   subscribe(input: SubscriptionInput): Promise<void>;
   /** Deletes a subscription and its deliveries; returns whether it existed. */
@@ -178,8 +192,20 @@ export interface Outbox {
   close(): Promise<void>;
 }
 
-/** Creates the pg-outbox API on a database. Options are validated: a bad one throws a {@link ConfigError}. */
-export function createOutbox(options: OutboxOptions): Outbox {
+/**
+ * Creates the pg-outbox API on a database. Options are validated: a bad one throws a
+ * {@link ConfigError}.
+ *
+ * The optional type parameter maps the app's emitted topics to their payload types, so that
+ * `emit` checks data and `handle` types `event.data` for those topics (other topics and
+ * patterns stay allowed, with `unknown` data). It is a compile-time promise only: nothing
+ * checks at run time that SQL's `outbox.emit` or an older version of the app kept it.
+ *
+ * ```ts
+ * const outbox = createOutbox<{ "order.placed": { orderId: string } }>({ connectionString });
+ * ```
+ */
+export function createOutbox<TTopics extends TopicMap = Record<never, never>>(options: OutboxOptions): Outbox<TTopics> {
   const parsed = optionsSchema.safeParse(options);
   if (!parsed.success) throw new ConfigError(`invalid createOutbox options: ${describeIssues(parsed.error)}`);
   const config = parsed.data;

@@ -105,7 +105,9 @@ $$;
 -- carry op/table/key/new/old (null where the operation has none) and `changed` for updates;
 -- emitted events carry `data` and `key` when one was given. Context fields appear when set.
 -- The fixed fields are written as json; the optional ones (rare: changed, emit's key,
--- context, tenant) are merged as jsonb and spliced in before the closing brace.
+-- context, tenant) are merged as jsonb and spliced in before the closing brace. The two
+-- branches repeat id, type and time on purpose: json has no concatenation, and one
+-- json_build_object per envelope is the cheapest way to write it (this runs per delivery).
 create or replace function outbox._envelope_json(
   p_event outbox._events, p_image json, p_position bigint)
 returns json

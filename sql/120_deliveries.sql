@@ -20,7 +20,7 @@ declare
 begin
   select * into v_sub from outbox.subscriptions s where s.name = p_subscription and s.active;
   if not found then return; end if;
-  v_concurrency := (v_sub.config ->> 'concurrency')::int;
+  v_concurrency := (v_sub.config ->> 'concurrency')::numeric::int; -- the check allows 1.0
   if v_concurrency is not null then
     perform pg_advisory_xact_lock(hashtextextended(p_subscription, 7320110002));
     v_limit := least(v_limit, v_concurrency - (

@@ -276,3 +276,15 @@ test("a handler that runs longer than the lease keeps its delivery: the lease is
     await Promise.all([a.stop(), b.stop()]);
   }
 });
+
+test("a subscription's concurrency caps what is claimed across workers, also when written as 2.0", async () => {
+  await capturedTable(db.sql, "l9");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('l9_capped', 'public.l9.*', 'handler', '{"concurrency": 2.0}')`;
+  await db.sql`insert into l9 (id) select g from generate_series(1, 3) g`;
+  await dispatchOnce(db.sql);
+  const claim = async (worker: string) =>
+    (await db.sql`select id from outbox._delivery_claim(${worker}, 'l9_capped', 10, 60000)`).length;
+  assert.equal(await claim("worker-a"), 2, "the first worker gets as many as the limit allows");
+  assert.equal(await claim("worker-b"), 0, "another worker gets none while two are in flight");
+  assert.deepEqual(await statusCounts(db.sql, "l9_capped"), { delivering: 2, pending: 1 });
+});

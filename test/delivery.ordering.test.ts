@@ -161,18 +161,19 @@ test("a failing subscription does not slow a healthy one", async () => {
 
 test("a subscription whose claim raises in every round does not hold up a healthy one: the worker's rounds still finish, it goes idle, and each write wakes it", async () => {
   await capturedTable(db.sql, "o4");
-  // A subscription written with plain SQL whose every claim raises a real error: the
-  // constraint accepts `"concurrency": 1.0` (a whole number), but _delivery_claim casts the
-  // text '1.0' to int. Dispatch does not claim for subscriptions with a concurrency limit, so
-  // only the deliverer's per-subscription claim (pumpAll) meets the error.
+  // A subscription whose every claim raises a real error: a trigger of the test's own refuses
+  // to let its deliveries become `delivering`. With a concurrency limit, dispatch does not
+  // claim for it, so only the deliverer's per-subscription claim (pumpAll) meets the error.
+  await db.sql.unsafe(`
+    create function o4_refuse_claim() returns trigger language plpgsql as $$
+    begin
+      raise exception 'o4_broken refuses to be claimed';
+    end $$;
+    create trigger o4_refuse_claim before update on outbox.deliveries for each row
+      when (new.subscription = 'o4_broken' and new.status = 'delivering') execute function o4_refuse_claim();`);
   await db.sql`
     insert into outbox.subscriptions (name, pattern, kind, config)
-    values ('o4_broken', 'public.o4.*', 'notify', '{"channel": "o4_broken", "concurrency": 1.0}')`;
-  await assert.rejects(
-    db.sql`select * from outbox._delivery_claim('probe', 'o4_broken', 1, 1000)`,
-    /invalid input syntax for type integer: "1\.0"/,
-    "precondition: o4_broken's claim raises (if this changes, make its claim fail another way, or this test proves nothing)",
-  );
+    values ('o4_broken', 'public.o4.*', 'notify', '{"channel": "o4_broken", "concurrency": 1}')`;
 
   const errors: Array<{ msg: string; subscription?: string; err?: { message?: string } }> = [];
   const logger = pino({ level: "error" }, { write: (line: string) => void errors.push(JSON.parse(line)) });
@@ -195,7 +196,7 @@ test("a subscription whose claim raises in every round does not hold up a health
 
     const claimErrors = errors.filter((e) => e.msg === "could not claim deliveries" && e.subscription === "o4_broken");
     assert.ok(claimErrors.length >= 1, `the worker's claims of o4_broken failed (errors logged: ${JSON.stringify(errors.map((e) => e.msg))})`);
-    assert.match(claimErrors[0]!.err?.message ?? "", /invalid input syntax for type integer/);
+    assert.match(claimErrors[0]!.err?.message ?? "", /o4_broken refuses to be claimed/);
     assert.deepEqual(
       (await deliveriesOf(db.sql, "o4_broken")).map((d) => [d.row_id, d.status, d.attempts]),
       [[1, "pending", 0], [2, "pending", 0], [3, "pending", 0]],

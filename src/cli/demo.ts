@@ -1,133 +1,197 @@
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { CliEnv } from "../config.js";
 import { startEmbeddedPostgres, type EmbeddedServer } from "../db/embeddedPostgres.js";
 import { createOutbox } from "../outbox.js";
+import { startDemoReceiver, type ReceivedEvent } from "./demoReceiver.js";
+import { withProgress } from "./progress.js";
+import { statusTable } from "./statusTable.js";
+
+/** Names the demo owns in a database of the user's (DATABASE_URL): removed at the end and on Ctrl-C. */
+const DEMO_SCHEMA = "outbox_demo";
+const HANDLER = "demo-printer";
+const WEBHOOK = "demo-webhook";
+/** Captured changes the writes make (two inserts, an update, a delete) and, for the webhook, the emitted event too. */
+const CAPTURED_CHANGES = 4;
+const WEBHOOK_EVENTS = CAPTURED_CHANGES + 1;
+const DELIVERY_TIMEOUT_MS = 60_000;
+
+/** A line of output that does not collide with a progress line being redrawn in a terminal. */
+function say(line: string): void {
+  console.log(`${process.stdout.isTTY ? "\r\x1b[K" : ""}${line}`);
+}
 
 function step(text: string): void {
-  console.log(`\n▸ ${text}`);
+  say(`\n▸ ${text}`);
+}
+
+/** The failing row of the demo: grace's insert fails its first attempt, in the handler and at the receiver. */
+function isGraceInsert(event: object): boolean {
+  const { op, new: row } = event as { op?: unknown; new?: { customer?: unknown } | null };
+  return op === "insert" && row?.customer === "grace";
 }
 
 /**
- * The demo behind `npm run demo`: starts the embedded PostgreSQL (or uses DATABASE_URL),
- * migrates, captures a table, writes to it and prints the events that the writes became.
- * Ctrl-C stops it cleanly, removing the embedded server and its data.
+ * The demo behind `npm run demo`: starts the embedded PostgreSQL in a data folder of its own
+ * (or uses DATABASE_URL when set), migrates, creates a demo table with capture enabled,
+ * subscribes a local webhook receiver and an in-process handler, writes rows (one fails its
+ * first attempt and is retried), prints what was delivered and the final `outbox status`
+ * table. Ctrl-C (or SIGTERM) stops it and cleans up: the embedded server and its data, or in
+ * a database of the user's the demo schema and subscriptions. Exit code 1 when not every
+ * delivery arrived within 60 s.
  */
 export async function runDemo(env: CliEnv): Promise<void> {
-  let server: EmbeddedServer | undefined;
-  let stopping = false;
-  const stop = async () => {
-    if (stopping) return;
-    stopping = true;
-    await server?.stop();
-  };
-  const onSignal = () => {
-    console.log("\ninterrupted: stopping");
-    void stop().then(() => process.exit(130));
+  // Cleanup steps, run once, newest first: on the normal way out and on a signal.
+  const cleanups: (() => Promise<unknown>)[] = [];
+  let cleaning: Promise<void> | undefined;
+  const cleanUp = () =>
+    (cleaning ??= (async () => {
+      for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
+    })());
+  const onSignal = (signal: NodeJS.Signals) => {
+    say(`\n${signal === "SIGINT" ? "interrupted" : signal}: cleaning up`);
+    void cleanUp().then(() => process.exit(signal === "SIGINT" ? 130 : 143));
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
+  // The embedded server's package stops its servers on a signal and then exits by itself,
+  // possibly before the cleanup above is through; whatever ends the process, the data
+  // folder goes (the server is stopped by then).
+  let dataDir: string | undefined;
+  const removeDataDir = () => {
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  };
+  process.once("exit", removeDataDir);
 
   try {
     let url = env.DATABASE_URL;
+    const own = !url;
     if (url) {
-      step("Using DATABASE_URL");
+      step("Using DATABASE_URL (the demo's schema and subscriptions are removed at the end)");
     } else {
-      step("Starting an embedded PostgreSQL (no DATABASE_URL set) …");
-      server = await startEmbeddedPostgres();
+      dataDir = mkdtempSync(join(tmpdir(), "pg-outbox-demo-"));
+      say(`\n▸ No DATABASE_URL: an embedded PostgreSQL in ${dataDir} (removed at the end)`);
+      const starting = startEmbeddedPostgres({ dataDir });
+      cleanups.push(async () => (await starting.catch(() => undefined))?.stop());
+      const server: EmbeddedServer = await withProgress("Starting the embedded PostgreSQL (initdb, first run may take a while)", () => starting);
       url = server.url;
     }
+
     const outbox = createOutbox({ connectionString: url });
-    try {
-      step("Migrating the outbox schema");
-      await outbox.migrate();
+    cleanups.push(() => outbox.close());
+    await withProgress("Migrating the outbox schema", () => outbox.migrate());
 
-      step("Creating outbox_demo.orders and enabling capture (card_number excluded)");
-      await outbox.sql.unsafe(`
-        drop schema if exists outbox_demo cascade;
-        create schema outbox_demo;
-        create table outbox_demo.orders (
-          id bigint generated always as identity primary key,
-          customer text not null,
-          status text not null default 'new',
-          total numeric(12, 2) not null,
-          card_number text
-        );`);
-      await outbox.enableCapture("outbox_demo.orders", { excludeColumns: ["card_number"] });
-      const [mark] = await outbox.sql<{ position: string }[]>`
-        select coalesce(max(position), -1)::text as position from outbox.events`;
+    step(`Creating ${DEMO_SCHEMA}.orders and enabling capture (card_number excluded)`);
+    if (!own) {
+      cleanups.push(async () => {
+        await outbox.sql`delete from outbox.subscriptions where name in (${HANDLER}, ${WEBHOOK})`;
+        await outbox.sql.unsafe(`drop schema if exists ${DEMO_SCHEMA} cascade`);
+      });
+    }
+    await outbox.sql.unsafe(`
+      drop schema if exists ${DEMO_SCHEMA} cascade;
+      create schema ${DEMO_SCHEMA};
+      create table ${DEMO_SCHEMA}.orders (
+        id bigint generated always as identity primary key,
+        customer text not null,
+        status text not null default 'new',
+        total numeric(12, 2) not null,
+        card_number text
+      );`);
+    await outbox.enableCapture(`${DEMO_SCHEMA}.orders`, { excludeColumns: ["card_number"] });
+    const [mark] = await outbox.sql<{ position: string }[]>`
+      select coalesce(max(position), -1)::text as position from outbox.events`;
 
-      step("Registering a handler for outbox_demo.orders.* (ordered per key; it fails the first attempt at 'grace', to show a retry) and starting a worker");
-      const seen: string[] = [];
-      let failedOnce = false;
-      outbox.handle("demo-printer", "outbox_demo.orders.*", (event, context) => {
-        const row = (event.new ?? event.old) as { customer?: string } | null;
-        if (row?.customer === "grace" && event.op === "insert" && !failedOnce) {
-          failedOnce = true;
+    const secret = `whsec_${randomBytes(24).toString("base64")}`;
+    const receiver = await startDemoReceiver({ port: 0, host: "127.0.0.1", secret, failFirstAttempt: isGraceInsert, print: say });
+    cleanups.push(() => receiver.close());
+    step(`Subscribing a webhook receiver (${receiver.url}, signed) to ${DEMO_SCHEMA}.** : it answers 503 to grace's insert once`);
+    await outbox.subscribe({ name: WEBHOOK, pattern: `${DEMO_SCHEMA}.**`, kind: "webhook", config: { url: `${receiver.url}/hooks`, secret } });
+
+    step(`Registering a handler for ${DEMO_SCHEMA}.orders.* (ordered per key): it throws on grace's insert once`);
+    const handled: string[] = [];
+    let handlerFailed = false;
+    outbox.handle(
+      HANDLER,
+      `${DEMO_SCHEMA}.orders.*`,
+      (event, context) => {
+        if (isGraceInsert(event) && !handlerFailed) {
+          handlerFailed = true;
+          say(`  ✉ handler got ${event.type} key=${JSON.stringify(event.key)}: throws on purpose, pg-outbox will retry`);
           throw new Error("demo: simulated failure, will be retried");
         }
-        seen.push(event.id);
-        console.log(`  ✉ handler got ${event.type} key=${JSON.stringify(event.key)} (attempt ${context.attempt})`);
-      }, { ordered: true });
-      await outbox.sql`update outbox.subscriptions set active = true where name = 'demo-printer'`.catch(() => undefined);
-      const worker = await outbox.start();
+        handled.push(event.id);
+        say(`  ✉ handler got ${event.type} key=${JSON.stringify(event.key)} (attempt ${context.attempt})`);
+      },
+      { ordered: true },
+    );
+    const worker = await withProgress("Starting a worker (dispatch, delivery, retention)", () => outbox.start());
+    cleanups.push(() => worker.stop());
 
-      step("Writing: two inserts, an update, a delete, a rolled-back insert and an emitted event");
-      await outbox.sql.begin(async (tx) => {
-        await tx`select set_config('outbox.actor', 'demo-user', true)`;
-        await tx`insert into outbox_demo.orders (customer, total, card_number)
-                 values ('ada', 42.00, '4111 1111 1111 1111'), ('grace', 7.50, '5500 0000 0000 0004')`;
-        await outbox.emit(tx, "order.batch_imported", { count: 2 }, { key: "import-1" });
-      });
-      await outbox.sql`update outbox_demo.orders set status = 'paid' where customer = 'ada'`;
-      await outbox.sql`delete from outbox_demo.orders where customer = 'grace'`;
-      await outbox.sql
-        .begin(async (tx) => {
-          await tx`insert into outbox_demo.orders (customer, total) values ('never', 1)`;
-          throw new Error("rolled back on purpose");
-        })
-        .catch(() => undefined);
+    step("Writing: two inserts, an update, a delete, a rolled-back insert and an emitted event");
+    await outbox.sql.begin(async (tx) => {
+      await tx`select set_config('outbox.actor', 'demo-user', true)`;
+      await tx.unsafe(`insert into ${DEMO_SCHEMA}.orders (customer, total, card_number)
+                       values ('ada', 42.00, '4111 1111 1111 1111'), ('grace', 7.50, '5500 0000 0000 0004')`);
+      await outbox.emit(tx, `${DEMO_SCHEMA}.batch_imported`, { count: 2 }, { key: "import-1" });
+    });
+    await outbox.sql.unsafe(`update ${DEMO_SCHEMA}.orders set status = 'paid' where customer = 'ada'`);
+    await outbox.sql.unsafe(`delete from ${DEMO_SCHEMA}.orders where customer = 'grace'`);
+    await outbox.sql
+      .begin(async (tx) => {
+        await tx.unsafe(`insert into ${DEMO_SCHEMA}.orders (customer, total) values ('never', 1)`);
+        throw new Error("rolled back on purpose");
+      })
+      .catch(() => undefined);
 
-      step("Events in outbox.events (the rolled-back insert left none)");
-      const events = await outbox.events({ after: mark!.position });
-      for (const event of events) {
-        const p = event.payload as { new?: Record<string, unknown>; changed?: string[]; data?: unknown; actor?: string };
-        const detail = p.changed ? `changed=${JSON.stringify(p.changed)}` : p.new ? `new=${JSON.stringify(p.new)}` : p.data ? `data=${JSON.stringify(p.data)}` : "";
-        console.log(`  ${event.topic.padEnd(32)} key=${JSON.stringify(event.key)}  ${detail}${p.actor ? `  actor=${p.actor}` : ""}`);
-      }
-
-      step("Waiting for the handler to receive the four captured changes (one retried) …");
-      const deadline = Date.now() + 60_000;
-      while (seen.length < 4 && Date.now() < deadline) {
-        // The retry of the failed attempt waits its backoff; speed it up for the demo.
-        await outbox.sql`update outbox.deliveries set next_attempt_at = now() where subscription = 'demo-printer' and status = 'retrying'`;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      await worker.stop();
-
-      step("outbox status");
-      const status = await outbox.status();
-      for (const s of status.subscriptions) {
-        console.log(`  ${s.subscription}: delivered in the last hour ${s.deliveredLastHour}, pending ${s.pending}, retrying ${s.retrying}, dead ${s.dead}`);
-      }
-      const [retried] = await outbox.sql<{ n: number }[]>`
-        select count(*)::int as n from outbox.deliveries where subscription = 'demo-printer' and attempts > 1 and status = 'delivered'`;
-      console.log(`  deliveries that needed a retry: ${retried?.n ?? 0}`);
-
-      step("outbox.captures");
-      for (const c of await outbox.captures()) {
-        console.log(`  ${c.schemaName}.${c.tableName}  operations=${c.operations.join(",")}  excluded=${(c.excludeColumns ?? []).join(",")}  health=${c.health}`);
-      }
-      if (env.DATABASE_URL) {
-        await outbox.sql`delete from outbox.subscriptions where name = 'demo-printer'`;
-        await outbox.sql`drop schema outbox_demo cascade`;
-      }
-      console.log(`\n✔ demo finished: ${events.length} events captured, ${seen.length} delivered to the handler`);
-      if (seen.length < 4) process.exitCode = 1;
-    } finally {
-      await outbox.close();
+    step("Events in outbox.events (the rolled-back insert left none; card_number is never in them)");
+    const events = await outbox.events({ after: mark!.position });
+    for (const event of events) {
+      const p = event.payload as { new?: Record<string, unknown>; changed?: string[]; data?: unknown; actor?: string };
+      const detail = p.changed ? `changed=${JSON.stringify(p.changed)}` : p.new ? `new=${JSON.stringify(p.new)}` : p.data ? `data=${JSON.stringify(p.data)}` : "";
+      say(`  ${event.topic.padEnd(32)} key=${JSON.stringify(event.key)}  ${detail}${p.actor ? `  actor=${p.actor}` : ""}`);
     }
+
+    const webhookEvents = () => receiver.received.filter((e: ReceivedEvent) => e.type.startsWith(`${DEMO_SCHEMA}.`)).length;
+    const delivered = () => handled.length >= CAPTURED_CHANGES && webhookEvents() >= WEBHOOK_EVENTS;
+    await withProgress(
+      "Delivering (the failed attempts are retried)",
+      async () => {
+        const deadline = Date.now() + DELIVERY_TIMEOUT_MS;
+        while (!delivered() && Date.now() < deadline) {
+          // A retry waits its backoff (up to 2 s for a second attempt); the demo does not.
+          await outbox.sql`
+            update outbox.deliveries set next_attempt_at = now()
+            where subscription in (${HANDLER}, ${WEBHOOK}) and status = 'retrying' and next_attempt_at > now()`;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      },
+      () => `handler ${handled.length}/${CAPTURED_CHANGES}, webhook ${webhookEvents()}/${WEBHOOK_EVENTS}`,
+    );
+    await worker.stop();
+
+    step("outbox status");
+    say(statusTable(await outbox.status()));
+    const retried = await outbox.sql<{ subscription: string; attempts: number; topic: string }[]>`
+      select d.subscription, d.attempts, e.topic
+      from outbox.deliveries d join outbox.events e on e.id = d.event_id
+      where d.subscription in (${HANDLER}, ${WEBHOOK}) and d.attempts > 1 and d.status = 'delivered'
+      order by d.subscription`;
+    for (const r of retried) say(`  retried: ${r.subscription} delivered ${r.topic} on attempt ${r.attempts}`);
+
+    const ok = delivered();
+    say(
+      `\n${ok ? "✔" : "✖"} demo ${ok ? "finished" : "incomplete"}: ${events.length} events captured or emitted; ` +
+        `${handled.length}/${CAPTURED_CHANGES} delivered to the handler, ${webhookEvents()}/${WEBHOOK_EVENTS} to the webhook receiver, ${retried.length} after a retry`,
+    );
+    if (!ok) process.exitCode = 1;
   } finally {
+    await cleanUp();
+    removeDataDir();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    await stop();
+    process.off("exit", removeDataDir);
   }
 }

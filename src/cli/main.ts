@@ -2,10 +2,12 @@
 import { Command, CommanderError } from "commander";
 import { disableCaptureSql, enableCaptureSql } from "../migrationSql.js";
 import { createOutbox } from "../outbox.js";
-import { commaList as list } from "./argumentParsers.js";
+import { commaList as list, wholeNumber } from "./argumentParsers.js";
 import { commandLogger, exitCodes, print, readEnv, reportError, requireDatabaseUrl, withOutbox } from "./context.js";
 import { registerDeliveryCommands } from "./deliveryCommands.js";
 import { runDemo } from "./demo.js";
+import { startDemoReceiver } from "./demoReceiver.js";
+import { statusTable } from "./statusTable.js";
 import { registerSubscriptionCommands } from "./subscriptionCommands.js";
 import { registerTailCommand } from "./tailCommand.js";
 
@@ -113,24 +115,31 @@ program
   .option("--json", "print JSON")
   .action(async (opts: { json?: boolean }) => {
     const status = await withOutbox((outbox) => outbox.status());
-    print(status, Boolean(opts.json), () => {
-      const lines = [
-        `dispatch: ${status.dispatch.undispatchedEvents} events waiting, lag ${status.dispatch.lagSeconds ?? 0} s, ${status.dispatch.transactionsInFlight} transactions in flight`,
-        "subscription            kind     active  pending  retrying  delivering  dead  delivered/1h  oldest pending",
-        ...status.subscriptions.map(
-          (s) =>
-            `${s.subscription.padEnd(23)} ${s.kind.padEnd(8)} ${String(s.active).padEnd(7)} ${String(s.pending).padStart(7)} ${String(s.retrying).padStart(9)} ${String(s.delivering).padStart(11)} ${String(s.dead).padStart(5)} ${String(s.deliveredLastHour).padStart(13)}  ${s.oldestPendingAgeSeconds === null ? "-" : `${Math.round(s.oldestPendingAgeSeconds)} s`}${s.disabledReason ? `  (${s.disabledReason})` : ""}`,
-        ),
-        ...status.captures.map((c) => `capture ${c.schemaName}.${c.tableName}: ${c.health}`),
-      ];
-      return lines.join("\n");
-    });
+    print(status, Boolean(opts.json), () => statusTable(status));
     if (status.captures.some((c) => c.health !== "ok")) process.exitCode = exitCodes.failure;
   });
 
 registerSubscriptionCommands(program);
 registerDeliveryCommands(program);
 registerTailCommand(program);
+
+program
+  .command("demo-receiver")
+  .description(
+    "the demo's webhook receiver on its own (docker-compose.yml's receiver service): prints each event it gets, GET /healthz answers 200; SIGTERM or Ctrl-C stops it",
+  )
+  .option("--port <port>", "port to listen on; 0 for any free port", wholeNumber(0, 65_535), 8080)
+  .option("--host <address>", "address to bind (default: all interfaces)")
+  .option("--secret <whsec>", "the subscription's signing secret: refuse requests whose signature does not match (default: signatures are not checked)")
+  .action(async (opts: { port: number; host?: string; secret?: string }) => {
+    const receiver = await startDemoReceiver({ port: opts.port, ...(opts.host ? { host: opts.host } : {}), ...(opts.secret ? { secret: opts.secret } : {}) });
+    console.log(`outbox demo-receiver: listening on ${receiver.url} (port ${receiver.port})${opts.secret ? ", checking signatures" : ""}`);
+    await new Promise<void>((resolve) => {
+      const stop = () => void receiver.close().then(resolve);
+      process.once("SIGTERM", stop);
+      process.once("SIGINT", stop);
+    });
+  });
 
 program
   .command("demo")

@@ -13,7 +13,10 @@
  *   after it does; then the program shuts down what the block started, as an app would.
  * - ```sh blocks are not run here. The two commands (`npm install && npm run demo`, `npm
  *   install && npm test`) are what CI (.ci/run) runs; the command-line examples are covered
- *   by the CLI tests (test/cli*.test.ts), which spawn the real `outbox` command.
+ *   by the CLI tests (test/cli*.test.ts; `--sql` in test/migrationSql.test.ts), which spawn
+ *   the real `outbox` command; the Docker Compose commands need a Docker engine, which the
+ *   test machines lack: test/dockerCompose.test.ts checks the file and runs its commands
+ *   and healthchecks as plain processes.
  * - ```json (an example envelope, checked above) and ```text (the command synopsis) are not code.
  */
 import assert from "node:assert/strict";

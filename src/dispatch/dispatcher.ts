@@ -37,6 +37,7 @@ export interface DispatcherOptions {
 export class Dispatcher {
   private client: Sql;
   private holding = false;
+  private stopping = false;
   private closed = closedSignal();
   private readonly maxEvents: number;
   private readonly answerWithinMs: number;
@@ -57,12 +58,10 @@ export class Dispatcher {
       max: 1,
       idle_timeout: 0,
       max_lifetime: null,
+      // A closed connection is replaced, not reconnected: postgres.js 3.4.9 can leave the
+      // connection object unable to write again (see src/db/renewingClient.ts).
       onclose: () => {
-        if (client !== this.client) return; // a replaced connection closing late
-        if (this.holding) this.logger.warn("dispatcher connection closed: dispatcher role released");
-        this.holding = false;
-        this.closed.fire();
-        this.closed = closedSignal();
+        if (client === this.client && !this.stopping) this.replaceConnection("connection closed");
       },
       connection: {
         application_name: "pg-outbox dispatcher",
@@ -131,6 +130,7 @@ export class Dispatcher {
 
   /** Gives up the dispatcher role and closes the connection. */
   async stop(): Promise<void> {
+    this.stopping = true;
     if (this.holding) await this.guarded(dispatchLockRelease(this.client)).catch(() => undefined);
     this.holding = false;
     await this.client.end({ timeout: 1 }); // see the stop of src/worker/worker.ts

@@ -9,7 +9,8 @@ import postgres, { type Sql } from "postgres";
 import { captureList } from "../db/captures.js";
 import { migrationStatusRead, type MigrationStatus } from "../db/migrate.js";
 import { statusMetricsRead } from "../db/status.js";
-import { ConfigError } from "../errors.js";
+import { ConfigError, NoAnswerError } from "../errors.js";
+import { settleWithin } from "../db/settleWithin.js";
 import type { Logger } from "../logger.js";
 import { workerClientOptions } from "../worker/workerClientOptions.js";
 import { WorkerMetrics } from "./workerMetrics.js";
@@ -32,18 +33,6 @@ export interface HealthReport {
 }
 
 /** A database read of a check that did not finish in time. */
-class CheckTimeoutError extends Error {}
-
-/** `work`, or a rejection after `ms`. */
-function within<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new CheckTimeoutError(`${what} took longer than ${ms} ms`)), ms);
-  });
-  work.catch(() => undefined); // an abandoned read must not become an unhandled rejection
-  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
-}
-
 /**
  * Metrics and health endpoints of one worker. Its database reads go through a connection of
  * its own (opened at the first request), so that a worker busy delivering still answers, and
@@ -54,6 +43,7 @@ export class WorkerHttpServer {
   readonly metrics: WorkerMetrics;
   private sql: Sql;
   private server: Server | undefined;
+  private closing = false;
 
   constructor(private readonly options: { connectionString: string; logger: Logger; workerId: string }) {
     this.sql = this.connect();
@@ -65,13 +55,20 @@ export class WorkerHttpServer {
   }
 
   private connect(): Sql {
-    return postgres(this.options.connectionString, {
+    const client: Sql = postgres(this.options.connectionString, {
       ...workerClientOptions,
+      // Replaced rather than reconnected: see src/db/renewingClient.ts.
+      onclose: () => {
+        if (client !== this.sql || this.closing) return;
+        this.sql = this.connect();
+        void client.end({ timeout: 0 }).catch(() => undefined);
+      },
       max: 1,
       connect_timeout: CHECK_TIMEOUT_MS / 1000,
       idle_timeout: 60,
       connection: { application_name: "pg-outbox http", statement_timeout: CHECK_TIMEOUT_MS },
     });
+    return client;
   }
 
   /**
@@ -82,9 +79,10 @@ export class WorkerHttpServer {
   private async read<T>(work: (sql: Sql) => Promise<T>, what: string): Promise<T> {
     const sql = this.sql;
     try {
-      return await within(work(sql), CHECK_TIMEOUT_MS, what);
+      return await settleWithin(work(sql), CHECK_TIMEOUT_MS);
     } catch (error) {
-      if (error instanceof CheckTimeoutError && this.sql === sql) {
+      if (error instanceof NoAnswerError && this.sql === sql) {
+        this.options.logger.warn({ check: what }, "a health or metrics read got no answer in time: replacing its connection");
         this.sql = this.connect();
         void sql.end({ timeout: 0 }).catch(() => undefined);
       }
@@ -168,6 +166,7 @@ export class WorkerHttpServer {
 
   /** Stops listening and closes the connection. */
   async close(): Promise<void> {
+    this.closing = true;
     const server = this.server;
     this.server = undefined;
     if (server) {

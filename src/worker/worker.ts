@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { run, type Runner } from "graphile-worker";
-import postgres, { type Sql } from "postgres";
+import type { Sql } from "postgres";
 import { deliveryRecoverExpired, deliveryReleaseHeld } from "../db/deliveries.js";
 import { subscriptionList } from "../db/subscriptions.js";
 import { workerIdleSet, workerRegister, workerRemove } from "../db/workers.js";
@@ -15,6 +15,7 @@ import type { HandlerTransport } from "../transports/handler.js";
 import { NotifyTransport } from "../transports/notify.js";
 import type { Transport } from "../transports/transport.js";
 import { WebhookTransport, type WebhookTransportOptions } from "../transports/webhook.js";
+import { renewingClient } from "../db/renewingClient.js";
 import { ANSWER_WITHIN_MS, settleWithin } from "../db/settleWithin.js";
 import { graphileLogger } from "./graphileLogger.js";
 import { workerClientOptions } from "./workerClientOptions.js";
@@ -73,15 +74,22 @@ export interface OutboxWorker {
 export async function startWorker(options: WorkerOptions): Promise<OutboxWorker> {
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const logger = options.logger.child({ component: "worker", workerId: id });
-  const sql: Sql = postgres(options.connectionString, {
-    ...workerClientOptions,
-    max: options.poolSize,
-    // The worker's own transactions (claims, outcomes) need not wait for the WAL flush: a
-    // crash of PostgreSQL may forget the last few, which only means an attempt is made again
-    // (at-least-once); events themselves are written by the app's synchronous commits. This
-    // takes a disk flush off every step of the hot path.
-    connection: { application_name: "pg-outbox worker", synchronous_commit: "off" },
-  });
+  let kickAfterRelisten: () => void = () => undefined;
+  const client = renewingClient(
+    options.connectionString,
+    {
+      ...workerClientOptions,
+      max: options.poolSize,
+      // The worker's own transactions (claims, outcomes) need not wait for the WAL flush: a
+      // crash of PostgreSQL may forget the last few, which only means an attempt is made
+      // again (at-least-once); events themselves are written by the app's synchronous
+      // commits. This takes a disk flush off every step of the hot path.
+      connection: { application_name: "pg-outbox worker", synchronous_commit: "off" },
+    },
+    // A wake-up sent while the listener was away was missed: read now.
+    { logger: logger.child({ component: "connections" }), onRelisten: () => kickAfterRelisten() },
+  );
+  const sql: Sql = client.sql;
   const dispatcher = new Dispatcher({ connectionString: options.connectionString, logger: logger.child({ component: "dispatch" }) });
   const transports: Transport[] = [
     options.handlers,
@@ -183,12 +191,14 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
 
   await workerRegister(sql, id, options.handlers.names());
   await reloadSubscriptions();
-  const listeners = await Promise.all([
-    sql.listen("outbox_wake", kick),
-    sql.listen("outbox_subscriptions", () => {
-      void reloadSubscriptions().then(kick, (error) => logger.error({ err: error }, "could not reload subscriptions"));
-    }),
-  ]);
+  await client.listen("outbox_wake", kick);
+  await client.listen("outbox_subscriptions", () => {
+    void reloadSubscriptions().then(kick, (error) => logger.error({ err: error }, "could not reload subscriptions"));
+  });
+  kickAfterRelisten = () => {
+    void reloadSubscriptions().catch(() => undefined);
+    kick();
+  };
 
   const runner: Runner = await run({
     connectionString: options.connectionString,
@@ -230,7 +240,6 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       const released = await settleWithin(deliveryReleaseHeld(sql, id), ANSWER_WITHIN_MS).catch(() => 0);
       if (released > 0) logger.info({ released }, "handed back deliveries claimed while stopping");
       deliverer.close();
-      await Promise.all(listeners.map((l) => l.unlisten().catch(() => undefined)));
       await idleWrite;
       await settleWithin(workerRemove(sql, id), ANSWER_WITHIN_MS).catch(() => undefined);
       await dispatcher.stop().catch(() => undefined);
@@ -239,7 +248,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       // Everything of ours has settled by now. A query still pending is one postgres.js
       // lost track of after its connection was terminated (it never settles; seen in the
       // connection-loss tests): waiting the usual 5 s for it only delays the exit.
-      await sql.end({ timeout: 1 });
+      await client.end({ timeout: 1 });
       logger.info("worker stopped");
       resolveStopped();
     })());

@@ -1,4 +1,5 @@
-import postgres, { type Sql } from "postgres";
+import type { Sql } from "postgres";
+import { renewingClient } from "./db/renewingClient.js";
 import { z } from "zod";
 import { connectionStringSchema, describeIssues } from "./config.js";
 import { captureDisable, captureEnable, captureList, type CaptureOptions, type CaptureRow } from "./db/captures.js";
@@ -211,12 +212,14 @@ export function createOutbox<TTopics extends TopicMap = Record<never, never>>(op
   const config = parsed.data;
   const logger = (config.logger ?? silentLogger()).child({ component: "outbox" });
   const owned = !config.sql;
+  // A client of pg-outbox's own is replaced when a connection closes (src/db/renewingClient.ts).
   const sql: Sql =
     config.sql ??
-    postgres(config.connectionString!, {
-      max: config.maxConnections,
-      onnotice: (notice) => logger.debug({ notice: notice.message }, "postgres notice"),
-    });
+    renewingClient(
+      config.connectionString!,
+      { max: config.maxConnections, onnotice: (notice) => logger.debug({ notice: notice.message }, "postgres notice") },
+      { logger },
+    ).sql;
   const handlers = new HandlerTransport();
   const handlerRows: SubscriptionInput[] = [];
   return {

@@ -105,9 +105,15 @@ export function renewingClient(url: string, options: Options<Record<string, neve
     relistenTimer.unref();
   };
 
+  const end = async (endOptions?: { timeout?: number }) => {
+    ending = true;
+    clearTimeout(relistenTimer);
+    await Promise.all([current.end(endOptions), listener?.end({ timeout: 0 })]);
+  };
   const sql = new Proxy(function renewingSql() {} as unknown as Sql, {
     apply: (_target, _this, args: unknown[]) => (current as unknown as (...a: unknown[]) => unknown)(...args),
     get: (_target, property) => {
+      if (property === "end") return end; // ending through the proxy must stop the renewals too
       const value = (current as unknown as Record<PropertyKey, unknown>)[property];
       return typeof value === "function" ? value.bind(current) : value;
     },
@@ -128,10 +134,6 @@ export function renewingClient(url: string, options: Options<Record<string, neve
       listener ??= openListener();
       await listener.unsafe(`listen "${channel.replace(/"/g, '""')}"`);
     },
-    async end(endOptions) {
-      ending = true;
-      clearTimeout(relistenTimer);
-      await Promise.all([current.end(endOptions), listener?.end({ timeout: 0 })]);
-    },
+    end,
   };
 }

@@ -30,6 +30,7 @@ const optionsSchema = z
         pollIntervalMs: z.number().int().min(10).max(60_000).default(1000),
         leaseMs: z.number().int().min(1000).max(3_600_000).default(30_000),
         idleTtlMs: z.number().int().min(1000).max(600_000).default(15_000),
+        busyWaitMs: z.number().int().min(0).max(1000).default(10),
         drainTimeoutMs: z.number().int().min(0).max(600_000).default(10_000),
         retentionMs: z.number().int().min(60_000).default(7 * 86_400_000),
         deadRetentionMs: z.number().int().min(60_000).default(30 * 86_400_000),
@@ -70,6 +71,16 @@ export interface OutboxOptions {
     leaseMs?: number;
     /** Lifetime of a worker's idle mark (writes notify only while one is live); default 15000 ms. */
     idleTtlMs?: number;
+    /**
+     * While busy, how long the worker lets a small round's successors gather before reading
+     * again; default 10 ms. Each dispatch round has a fixed cost (a transaction, a snapshot,
+     * its cursor), so under a steady trickle of writes back-to-back rounds of a few events
+     * each take CPU from the writers (measured: single-row writers with a worker delivering
+     * every event, 1.4k-1.6k tx/s with 10 ms against 0.9k-1.0k with 0). It applies only once
+     * the worker has marked itself busy (two rounds in a row found work), so sparse writes
+     * keep their latency; 0 reads again at once.
+     */
+    busyWaitMs?: number;
     /** How long stop() waits for in-flight deliveries; default 10000 ms. */
     drainTimeoutMs?: number;
     /** Delivered deliveries and fully delivered events are kept this long; default 7 days. */

@@ -20,6 +20,11 @@ import { ANSWER_WITHIN_MS, settleWithin } from "../db/settleWithin.js";
 import { graphileLogger } from "./graphileLogger.js";
 import { workerClientOptions } from "./workerClientOptions.js";
 
+/** A round with fewer events than this is followed by `busyWaitMs` of gathering. */
+const SMALL_ROUND = 100;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
 /** Options of a worker process (validated by createOutbox). */
 export interface WorkerOptions {
   connectionString: string;
@@ -35,6 +40,8 @@ export interface WorkerOptions {
   leaseMs: number;
   /** How long an idle mark lasts without refresh; default 15000 ms. */
   idleTtlMs: number;
+  /** While busy, the pause before reading again after a small round; default 10 ms (see createOutbox's `worker.busyWaitMs`). */
+  busyWaitMs: number;
   /** How long stop() waits for in-flight deliveries; default 10000 ms. */
   drainTimeoutMs: number;
   /** Retention of delivered deliveries and their events; default 7 days. */
@@ -170,6 +177,11 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
         if (stopping) break;
         if ((round?.events ?? 0) > 0 || claimed > 0) {
           if (idle && ++busyRounds >= 2) setIdle(false);
+          // A busy worker after a small round: let the next few writes gather rather than pay
+          // a round for each. Only in a stream (marked busy, and more than one event came
+          // since the last round): sparse writes, one per round, keep their latency.
+          const events = round?.events ?? 0;
+          if (!idle && events >= 2 && events < SMALL_ROUND && options.busyWaitMs > 0) await sleep(options.busyWaitMs);
           continue;
         }
         if (again) continue;

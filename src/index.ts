@@ -1,7 +1,7 @@
 /** pg-outbox: turn Postgres writes into reliably delivered events. */
 export { createOutbox, type Outbox, type OutboxOptions } from "./outbox.js";
 export type { CaptureOptions, CaptureRow } from "./db/captures.js";
-export type { EventRow, Queryable } from "./db/events.js";
+export type { DrizzleExecutor, EmitClient, EventRow, PgQueryable, Queryable } from "./db/events.js";
 export { migrate, migrationStatusRead, type MigrationStatus } from "./db/migrate.js";
 export type { DeliveryRow, DeliveryListFilter, DeliveryStatus } from "./db/deliveries.js";
 export type { SubscriptionRow } from "./db/subscriptions.js";

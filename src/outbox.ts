@@ -5,7 +5,7 @@ import { connectionStringSchema, describeIssues } from "./config.js";
 import { captureDisable, captureEnable, captureList, type CaptureOptions, type CaptureRow } from "./db/captures.js";
 import { captureEvents, type CapturedEvents } from "./captureEvents.js";
 import { deliveryList, deliveryRedeliver, deliveryReplay, type DeliveryListFilter, type DeliveryRow } from "./db/deliveries.js";
-import { eventEmit, eventListAfter, type EventRow, type Queryable } from "./db/events.js";
+import { eventEmit, eventListAfter, type EmitClient, type EventRow } from "./db/events.js";
 import { migrate } from "./db/migrate.js";
 import { statusRead, type OutboxStatus } from "./db/status.js";
 import { subscriptionDelete, subscriptionListRows, subscriptionUpsert, type SubscriptionInput, type SubscriptionRow } from "./db/subscriptions.js";
@@ -21,6 +21,9 @@ const optionsSchema = z
   .object({
     connectionString: connectionStringSchema.optional(),
     sql: z.custom<Sql>((value) => typeof value === "function", "must be a postgres.js client").optional(),
+    db: z
+      .custom<{ $client: unknown }>((value) => typeof value === "object" && value !== null && "$client" in value, "must be a drizzle database")
+      .optional(),
     maxConnections: z.number().int().min(2).max(1000).default(10),
     logger: z.custom<Logger>((value) => typeof value === "object" && value !== null && "child" in value).optional(),
     worker: z
@@ -45,16 +48,26 @@ const optionsSchema = z
       })
       .prefault({}),
   })
-  .refine((o) => Boolean(o.connectionString) !== Boolean(o.sql), {
-    message: "give exactly one of connectionString or sql",
+  .refine((o) => [o.connectionString, o.sql, o.db].filter(Boolean).length === 1, {
+    message: "give exactly one of connectionString, sql or db",
+  })
+  .refine((o) => !o.db || typeof o.db.$client === "function", {
+    message:
+      "db must be a drizzle database on postgres.js (drizzle-orm/postgres-js); for another driver give connectionString, and pass your drizzle transactions to emit as they are",
   });
 
 /** Options of {@link createOutbox}. */
 export interface OutboxOptions {
   /** Connection string of the database; give this or `sql`. */
   connectionString?: string;
-  /** An existing postgres.js client to share; give this or `connectionString`. It is not closed by `close()`. */
+  /** An existing postgres.js client to share; give this, `db` or `connectionString`. It is not closed by `close()`. */
   sql?: Sql;
+  /**
+   * An existing drizzle database on postgres.js (`drizzle(client)` from drizzle-orm/postgres-js)
+   * whose client pg-outbox shares; give this, `sql` or `connectionString`. Not closed by
+   * `close()`. (Drizzle transactions on any driver can be passed to `emit` either way.)
+   */
+  db?: { $client: unknown };
   /** Pool size when pg-outbox opens its own client; default 10, at least 2 (migrate holds a lock on one). */
   maxConnections?: number;
   /** pino logger; default silent. */
@@ -144,10 +157,12 @@ export interface Outbox<TTopics extends TopicMap = Record<never, never>> {
   captures(): Promise<CaptureRow[]>;
   /**
    * Writes an app event in `client`'s transaction (pass the transaction to make the event
-   * atomic with your writes; pass `outbox.sql` for a standalone event). Returns its id.
+   * atomic with your writes; pass `outbox.sql` for a standalone event). `client` may be a
+   * postgres.js client or transaction, a drizzle database or transaction (postgres.js or
+   * node-postgres driver), or a node-postgres client. Returns its id.
    * `data` must have the type the topic map gives `topic`; any data for a topic it lacks.
    */
-  emit<TTopic extends TopicName<TTopics>>(client: Queryable, topic: TTopic, data: TopicData<TTopics, TTopic>, options?: { key?: string }): Promise<string>;
+  emit<TTopic extends TopicName<TTopics>>(client: EmitClient, topic: TTopic, data: TopicData<TTopics, TTopic>, options?: { key?: string }): Promise<string>;
   /** Committed events after a position (default the beginning), oldest first. */
   events(options?: { after?: string; limit?: number }): Promise<EventRow[]>;
   /**
@@ -222,10 +237,11 @@ export function createOutbox<TTopics extends TopicMap = Record<never, never>>(op
   if (!parsed.success) throw new ConfigError(`invalid createOutbox options: ${describeIssues(parsed.error)}`);
   const config = parsed.data;
   const logger = (config.logger ?? silentLogger()).child({ component: "outbox" });
-  const owned = !config.sql;
+  const shared = config.sql ?? (config.db?.$client as Sql | undefined);
+  const owned = !shared;
   // A client of pg-outbox's own is replaced when a connection closes (src/db/renewingClient.ts).
   const sql: Sql =
-    config.sql ??
+    shared ??
     renewingClient(
       config.connectionString!,
       { max: config.maxConnections, onnotice: (notice) => logger.debug({ notice: notice.message }, "postgres notice") },

@@ -1,6 +1,7 @@
 /** Runtime SQL on events (`outbox.emit`, `outbox.events`). */
+import { sql as drizzleSql, type SQL } from "drizzle-orm";
 import type { Sql, TransactionSql } from "postgres";
-import { wrapDatabaseError } from "../errors.js";
+import { OutboxError, wrapDatabaseError } from "../errors.js";
 
 /** A client to run a query on: the pool, a reserved connection or a transaction. */
 export type Queryable = Sql | TransactionSql;
@@ -20,14 +21,48 @@ export interface EventRow {
 }
 
 /**
+ * A drizzle database or transaction, on any driver (postgres.js, node-postgres): what emit
+ * needs of it is `execute` of a drizzle `sql` query.
+ */
+export interface DrizzleExecutor {
+  execute(query: SQL): Promise<unknown>;
+}
+
+/** A node-postgres client, pool client or pool (`pg`). */
+export interface PgQueryable {
+  query(text: string, values: unknown[]): Promise<{ rows: unknown[] }>;
+}
+
+/**
+ * Where `emit` can write an event: a postgres.js client or transaction, a drizzle database or
+ * transaction (postgres.js or node-postgres), or a node-postgres client. The event commits or
+ * rolls back with that transaction.
+ */
+export type EmitClient = Queryable | DrizzleExecutor | PgQueryable;
+
+/**
  * Writes an application event in the given client's transaction (`outbox.emit`); returns its id.
  * `data` is stored as jsonb. `key` orders events in `ordered` subscriptions.
  */
-export async function eventEmit(client: Queryable, topic: string, data: unknown, key?: string | null): Promise<string> {
+export async function eventEmit(client: EmitClient, topic: string, data: unknown, key?: string | null): Promise<string> {
+  const json = JSON.stringify(data ?? null);
   try {
-    const [row] = await client<{ id: string }[]>`
-      select outbox.emit(${topic}, ${JSON.stringify(data ?? null)}::text::jsonb, ${key ?? null}) as id`;
-    return row!.id;
+    let rows: readonly unknown[];
+    if (typeof client === "function") {
+      rows = await client`select outbox.emit(${topic}, ${json}::text::jsonb, ${key ?? null}) as id`;
+    } else if ("execute" in client && typeof client.execute === "function") {
+      const result = await client.execute(drizzleSql`select outbox.emit(${topic}, ${json}::text::jsonb, ${key ?? null}) as id`);
+      // postgres.js drizzle returns the rows, node-postgres drizzle a result with `rows`.
+      rows = Array.isArray(result) ? result : (result as { rows: unknown[] }).rows;
+    } else if ("query" in client && typeof client.query === "function") {
+      rows = (await client.query("select outbox.emit($1, $2::text::jsonb, $3) as id", [topic, json, key ?? null])).rows;
+    } else {
+      throw new OutboxError(
+        "invalid_input",
+        `emit ${topic}: the client is neither a postgres.js client, a drizzle database or transaction, nor a node-postgres client`,
+      );
+    }
+    return String((rows[0] as { id: unknown }).id);
   } catch (error) {
     throw wrapDatabaseError(error, `emit ${topic}`);
   }

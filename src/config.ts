@@ -112,7 +112,8 @@ export type CliEnv = z.infer<typeof cliEnvSchema>;
  */
 export function describeIssues(error: z.ZodError, prefix = ""): string {
   return error.issues
-    .map((issue) => `${prefix}${issue.path.join(".") || "value"} ${issue.message}`)
+    // An issue of the whole object (a cross-field rule) has no path: its message stands alone.
+    .map((issue) => (issue.path.length === 0 && !prefix ? issue.message : `${prefix}${issue.path.join(".") || "value"} ${issue.message}`))
     .join("; ");
 }
 

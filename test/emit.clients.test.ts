@@ -106,5 +106,5 @@ test("createOutbox shares a drizzle database on postgres.js (db), and refuses on
 
   open();
   assert.throws(() => createOutbox({ db: drizzleNodePg(pool) }), /db must be a drizzle database on postgres\.js .*give connectionString/);
-  assert.throws(() => createOutbox({ db: drizzlePostgresJs(db.sql), connectionString: db.url }), /give exactly one of connectionString, sql or db/);
+  assert.throws(() => createOutbox({ db: drizzlePostgresJs(db.sql), connectionString: db.url }), /^ConfigError: invalid createOutbox options: give exactly one of connectionString, sql or db$/);
 });

@@ -73,6 +73,15 @@ set search_path = pg_catalog, pg_temp
 -- executions, and for good when the planner rates the generic plan dearer) every round was
 -- planned again, half of a one-event round's time (2.6 ms against 1.3 ms measured here).
 set plan_cache_mode = force_generic_plan
+-- Every table here is read by index. A generic plan is made once per session, from the sizes
+-- the tables had then (often empty: a new worker on a new database) and kept until the next
+-- ANALYZE; it read `_events` by `id = any(...)` with a sequential scan, so each round scanned
+-- the whole table (measured: 1,334 rows discarded per round after 8 s of single-row writes,
+-- and growing with the retained events). Without sequential scans the plan cannot go there.
+-- A small table with no usable index (subscriptions) is still scanned, at a cost the planner
+-- rates as huge, which would start JIT compilation (a second per round, measured): no JIT.
+set enable_seqscan = off
+set jit = off
 as $$
 -- The output columns share names with deliveries' columns; in queries, columns win.
 #variable_conflict use_column

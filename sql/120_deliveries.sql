@@ -12,6 +12,8 @@ returns table (id bigint, attempts int, event_id uuid, event_position bigint, pa
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan -- planned once per session, as _dispatch
+set enable_seqscan = off -- as _dispatch: a plan made on an empty table must not scan it later
+set jit = off
 as $$
 declare
   v_sub outbox.subscriptions;

@@ -55,3 +55,28 @@ test("a dispatch round without an answer is abandoned: the connection and the ro
   const [{ n }] = await db.sql<{ n: number }[]>`select count(*)::int as n from outbox.deliveries where subscription = 'stuck'`;
   assert.equal(n, 1);
 });
+
+test("a dispatch session whose plans were made on an empty events table still reads events by index, not by scanning the table", async () => {
+  await capturedTable(db.sql, "plan_events");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('plan_sub', 'public.plan_events.*', 'notify', '{"channel": "plan_sub"}')`;
+  const conn = await db.sql.reserve();
+  try {
+    const round = async () => {
+      await conn`begin isolation level repeatable read`;
+      const [row] = await conn<{ events: number }[]>`select events from outbox._dispatch(2000, 'w', '{plan_sub}', 2000) limit 1`;
+      // Counts of this transaction only, so nothing else on the server can move them.
+      const [stat] = await conn<{ seq: number }[]>`
+        select seq_scan::int as seq from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
+      await conn`commit`;
+      return { events: row?.events ?? 0, seqScans: stat?.seq ?? 0 };
+    };
+    // The session's generic plans are made by its first round, with no event yet.
+    assert.equal((await round()).events, 0);
+    for (let i = 1; i <= 300; i++) await db.sql`insert into plan_events (id) values (${i})`;
+    const later = await round();
+    assert.equal(later.events, 300, "the round read the 300 events written since");
+    assert.equal(later.seqScans, 0, "without scanning outbox._events");
+  } finally {
+    conn.release();
+  }
+});

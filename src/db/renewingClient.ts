@@ -24,6 +24,11 @@ export interface RenewingClient {
    * notification sent meanwhile was missed.
    */
   listen(channel: string, fn: (payload: string) => void): Promise<void>;
+  /**
+   * Replaces the client now (for a query that got no answer in time: its connection is not
+   * to be trusted). Does nothing once ended.
+   */
+  renew(reason: string): void;
   /** How many times the client or the listener was replaced (for tests and logs). */
   readonly renewals: number;
   /** Ends the current client and listener; the client is not replaced after this. */
@@ -35,6 +40,8 @@ export interface RenewingClientOptions {
   logger: Logger;
   /** Called after the listener was replaced and listens again. Default: nothing. */
   onRelisten?: () => void;
+  /** Called when the client was replaced (not the listener). Default: nothing. */
+  onRenew?: () => void;
   /** Grace period, in seconds, for queries still running on a replaced client; default 5. */
   endTimeout?: number;
 }
@@ -49,16 +56,21 @@ export function renewingClient(url: string, options: Options<Record<string, neve
     const client: Sql = postgres(url, {
       ...options,
       onclose: () => {
-        if (ending || client !== current) return; // a replaced client closing late
-        renewals++;
-        extra.logger.info("a database connection closed: replacing the client");
-        current = open();
-        void client.end({ timeout: endTimeout }).catch(() => undefined);
+        if (client === current) renew("a database connection closed");
       },
     });
     return client;
   };
   let current = open();
+  const renew = (reason: string) => {
+    if (ending) return;
+    renewals++;
+    extra.logger.info({ reason }, "replacing the database client");
+    const old = current;
+    current = open();
+    extra.onRenew?.();
+    void old.end({ timeout: endTimeout }).catch(() => undefined);
+  };
 
   const channels = new Map<string, Array<(payload: string) => void>>();
   let listener: Sql | undefined;
@@ -121,6 +133,7 @@ export function renewingClient(url: string, options: Options<Record<string, neve
 
   return {
     sql,
+    renew,
     get renewals() {
       return renewals;
     },

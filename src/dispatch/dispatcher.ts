@@ -1,4 +1,4 @@
-import postgres, { type Sql } from "postgres";
+import type { Sql } from "postgres";
 import {
   dispatchLockRelease,
   dispatchLockTry,
@@ -9,6 +9,7 @@ import {
 import { isConnectionError, NoAnswerError, OutboxError, sqlStateOf } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { workerClientOptions } from "../worker/workerClientOptions.js";
+import { renewingClient, type RenewingClient } from "../db/renewingClient.js";
 import { settleWithin } from "../db/settleWithin.js";
 
 /** Options of the {@link Dispatcher}. */
@@ -35,61 +36,52 @@ export interface DispatcherOptions {
  * settle it, which would freeze the worker.
  */
 export class Dispatcher {
-  private client: Sql;
+  private readonly connection: RenewingClient;
   private holding = false;
-  private stopping = false;
   private closed = closedSignal();
   private readonly maxEvents: number;
   private readonly answerWithinMs: number;
-  private readonly connectionString: string;
   private readonly logger: Logger;
 
   constructor(options: DispatcherOptions) {
     this.maxEvents = options.maxEventsPerRound ?? 2000;
     this.answerWithinMs = options.answerWithinMs ?? 15_000;
-    this.connectionString = options.connectionString;
     this.logger = options.logger;
-    this.client = this.connect();
+    // Replaced, not reconnected, when it closes or a round gets no answer (see
+    // src/db/renewingClient.ts). Ending the session is what releases the advisory lock, so the
+    // role goes with it, and a round still waiting on the old one is abandoned.
+    this.connection = renewingClient(
+      options.connectionString,
+      {
+        ...workerClientOptions,
+        max: 1,
+        idle_timeout: 0,
+        max_lifetime: null,
+        connection: {
+          application_name: "pg-outbox dispatcher",
+          // Asynchronous commit, as for the worker's pool: a dispatch round forgotten by a
+          // crash of PostgreSQL is read again (its deliveries and cursor were one transaction).
+          synchronous_commit: "off",
+          // A replaced connection's backend may still be running (waiting on a lock, say) and
+          // holding the role's lock; this ends it soon after the worker gave up on it.
+          statement_timeout: 2 * this.answerWithinMs,
+        },
+      },
+      {
+        logger: this.logger,
+        endTimeout: 0,
+        onRenew: () => {
+          if (this.holding) this.logger.warn("dispatcher connection replaced: dispatcher role released");
+          this.holding = false;
+          this.closed.fire();
+          this.closed = closedSignal();
+        },
+      },
+    );
   }
 
-  private connect(): Sql {
-    const client: Sql = postgres(this.connectionString, {
-      ...workerClientOptions,
-      max: 1,
-      idle_timeout: 0,
-      max_lifetime: null,
-      // A closed connection is replaced, not reconnected: postgres.js 3.4.9 can leave the
-      // connection object unable to write again (see src/db/renewingClient.ts).
-      onclose: () => {
-        if (client === this.client && !this.stopping) this.replaceConnection("connection closed");
-      },
-      connection: {
-        application_name: "pg-outbox dispatcher",
-        // Asynchronous commit, as for the worker's pool: a dispatch round forgotten by a
-        // crash of PostgreSQL is read again (its deliveries and cursor were one transaction).
-        synchronous_commit: "off",
-        // A replaced connection's backend may still be running (waiting on a lock, say) and
-        // holding the role's lock; this ends it soon after the worker gave up on it.
-        statement_timeout: 2 * this.answerWithinMs,
-      },
-    });
-    return client;
-  }
-
-  /**
-   * Drops the connection for a new one. Ending the session is what releases the advisory
-   * lock, so the role is given up with it; a query still running on the old session is
-   * cancelled by PostgreSQL when it notices the client went away.
-   */
-  private replaceConnection(reason: string): void {
-    if (this.holding) this.logger.warn({ reason }, "dispatcher connection replaced: dispatcher role released");
-    else this.logger.warn({ reason }, "dispatcher connection replaced");
-    this.holding = false;
-    const old = this.client;
-    this.client = this.connect();
-    this.closed.fire();
-    this.closed = closedSignal();
-    void old.end({ timeout: 0 }).catch(() => undefined);
+  private get client(): Sql {
+    return this.connection.sql;
   }
 
   /**
@@ -130,10 +122,9 @@ export class Dispatcher {
 
   /** Gives up the dispatcher role and closes the connection. */
   async stop(): Promise<void> {
-    this.stopping = true;
     if (this.holding) await this.guarded(dispatchLockRelease(this.client)).catch(() => undefined);
     this.holding = false;
-    await this.client.end({ timeout: 1 }); // see the stop of src/worker/worker.ts
+    await this.connection.end({ timeout: 1 }); // see the stop of src/worker/worker.ts
   }
 
   /**
@@ -142,7 +133,7 @@ export class Dispatcher {
    */
   private guarded<T>(work: Promise<T>): Promise<T> {
     return settleWithin(Promise.race([work, this.closed.promise]), this.answerWithinMs).catch((error: unknown) => {
-      if (error instanceof NoAnswerError) this.replaceConnection(error.message);
+      if (error instanceof NoAnswerError) this.connection.renew(error.message);
       throw error;
     });
   }

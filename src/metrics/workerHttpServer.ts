@@ -5,11 +5,12 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import postgres, { type Sql } from "postgres";
+import type { Sql } from "postgres";
 import { captureList } from "../db/captures.js";
 import { migrationStatusRead, type MigrationStatus } from "../db/migrate.js";
 import { statusMetricsRead } from "../db/status.js";
 import { ConfigError, NoAnswerError } from "../errors.js";
+import { renewingClient, type RenewingClient } from "../db/renewingClient.js";
 import { settleWithin } from "../db/settleWithin.js";
 import type { Logger } from "../logger.js";
 import { workerClientOptions } from "../worker/workerClientOptions.js";
@@ -32,7 +33,6 @@ export interface HealthReport {
   captures?: Array<{ table: string; health: string }>;
 }
 
-/** A database read of a check that did not finish in time. */
 /**
  * Metrics and health endpoints of one worker. Its database reads go through a connection of
  * its own (opened at the first request), so that a worker busy delivering still answers, and
@@ -41,12 +41,23 @@ export interface HealthReport {
 export class WorkerHttpServer {
   /** The worker's metrics; the worker feeds the counters. */
   readonly metrics: WorkerMetrics;
-  private sql: Sql;
+  private readonly connection: RenewingClient;
   private server: Server | undefined;
-  private closing = false;
 
   constructor(private readonly options: { connectionString: string; logger: Logger; workerId: string }) {
-    this.sql = this.connect();
+    // Replaced rather than reconnected when it closes or a read gets no answer: see
+    // src/db/renewingClient.ts. On a pool of one, a lost read would hold up every later check.
+    this.connection = renewingClient(
+      options.connectionString,
+      {
+        ...workerClientOptions,
+        max: 1,
+        connect_timeout: CHECK_TIMEOUT_MS / 1000,
+        idle_timeout: 60,
+        connection: { application_name: "pg-outbox http", statement_timeout: CHECK_TIMEOUT_MS },
+      },
+      { logger: options.logger, endTimeout: 0 },
+    );
     this.metrics = new WorkerMetrics({
       readStatus: () => this.read((sql) => statusMetricsRead(sql), "the metrics read"),
       logger: options.logger,
@@ -54,38 +65,12 @@ export class WorkerHttpServer {
     });
   }
 
-  private connect(): Sql {
-    const client: Sql = postgres(this.options.connectionString, {
-      ...workerClientOptions,
-      // Replaced rather than reconnected: see src/db/renewingClient.ts.
-      onclose: () => {
-        if (client !== this.sql || this.closing) return;
-        this.sql = this.connect();
-        void client.end({ timeout: 0 }).catch(() => undefined);
-      },
-      max: 1,
-      connect_timeout: CHECK_TIMEOUT_MS / 1000,
-      idle_timeout: 60,
-      connection: { application_name: "pg-outbox http", statement_timeout: CHECK_TIMEOUT_MS },
-    });
-    return client;
-  }
-
-  /**
-   * Runs a read within CHECK_TIMEOUT_MS. A read that outlives it may be one postgres.js never
-   * settles (its connection was terminated under it: a restart, a dropped database); on a
-   * pool of one it would hold up every later check, so the client is replaced.
-   */
+  /** Runs a read within CHECK_TIMEOUT_MS (a restart or a dropped database can leave one unsettled). */
   private async read<T>(work: (sql: Sql) => Promise<T>, what: string): Promise<T> {
-    const sql = this.sql;
     try {
-      return await settleWithin(work(sql), CHECK_TIMEOUT_MS);
+      return await settleWithin(work(this.connection.sql), CHECK_TIMEOUT_MS);
     } catch (error) {
-      if (error instanceof NoAnswerError && this.sql === sql) {
-        this.options.logger.warn({ check: what }, "a health or metrics read got no answer in time: replacing its connection");
-        this.sql = this.connect();
-        void sql.end({ timeout: 0 }).catch(() => undefined);
-      }
+      if (error instanceof NoAnswerError) this.connection.renew(`${what} got no answer in time`);
       throw error;
     }
   }
@@ -166,13 +151,12 @@ export class WorkerHttpServer {
 
   /** Stops listening and closes the connection. */
   async close(): Promise<void> {
-    this.closing = true;
     const server = this.server;
     this.server = undefined;
     if (server) {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     }
-    await this.sql.end({ timeout: 1 }).catch(() => undefined);
+    await this.connection.end({ timeout: 1 }).catch(() => undefined);
   }
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import postgres from "postgres";
+import { deliveryCompleteBatch } from "../src/db/deliveries.js";
 import { NonRetryableError } from "../src/transports/handler.js";
 import type { OutboxEvent } from "../src/transports/transport.js";
 import { useTestDatabase, waitFor } from "./harness.js";
@@ -287,4 +288,24 @@ test("a subscription's concurrency caps what is claimed across workers, also whe
   assert.equal(await claim("worker-a"), 2, "the first worker gets as many as the limit allows");
   assert.equal(await claim("worker-b"), 0, "another worker gets none while two are in flight");
   assert.deepEqual(await statusCounts(db.sql, "l9_capped"), { delivering: 2, pending: 1 });
+});
+
+test("an outcome from a worker whose lease passed to another is dropped; the new holder's outcome counts", async () => {
+  await capturedTable(db.sql, "l10");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind) values ('l10_sub', 'public.l10.*', 'handler')`;
+  await db.sql`insert into l10 (id) values (1)`;
+  await dispatchOnce(db.sql);
+  const [{ id }] = await db.sql<{ id: string }[]>`select id::text from outbox._delivery_claim('worker-a', 'l10_sub', 10, 60000)`;
+  // worker-a stalls past its lease; recovery puts the delivery back in line and worker-b takes it.
+  await db.sql`update outbox.deliveries set locked_until = now() - interval '1 second' where id = ${id}`;
+  await db.sql`select outbox._delivery_recover()`;
+  await db.sql`update outbox.deliveries set next_attempt_at = now() where id = ${id}`;
+  assert.equal((await db.sql`select id from outbox._delivery_claim('worker-b', 'l10_sub', 10, 60000)`).length, 1);
+
+  assert.equal(await deliveryCompleteBatch(db.sql, "worker-a", [{ id, outcome: "delivered", error: null, status: null, retryAfterMs: null }]), 0, "worker-a's late outcome is dropped");
+  assert.deepEqual(await statusCounts(db.sql, "l10_sub"), { delivering: 1 });
+  assert.equal(await deliveryCompleteBatch(db.sql, "worker-b", [{ id, outcome: "delivered", error: null, status: null, retryAfterMs: null }]), 1);
+  assert.deepEqual(await statusCounts(db.sql, "l10_sub"), { delivered: 1 });
+  // The rule the outcome's match relies on: a lease has an owner exactly while delivering.
+  await assert.rejects(db.sql`update outbox.deliveries set locked_by = 'worker-c' where id = ${id}`, /deliveries_locked_by_check/);
 });

@@ -81,7 +81,6 @@ export interface OutboxWorker {
 export async function startWorker(options: WorkerOptions): Promise<OutboxWorker> {
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const logger = options.logger.child({ component: "worker", workerId: id });
-  let kickAfterRelisten: () => void = () => undefined;
   const client = renewingClient(
     options.connectionString,
     {
@@ -93,8 +92,15 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       // commits. This takes a disk flush off every step of the hot path.
       connection: { application_name: "pg-outbox worker", synchronous_commit: "off" },
     },
-    // A wake-up sent while the listener was away was missed: read now.
-    { logger: logger.child({ component: "connections" }), onRelisten: () => kickAfterRelisten() },
+    {
+      logger: logger.child({ component: "connections" }),
+      // A wake-up or subscription change sent while the listener was away was missed: read
+      // now. (Only called once listening has started, after everything below exists.)
+      onRelisten: () => {
+        void reloadSubscriptions().catch(() => undefined);
+        kick();
+      },
+    },
   );
   const sql: Sql = client.sql;
   const dispatcher = new Dispatcher({ connectionString: options.connectionString, logger: logger.child({ component: "dispatch" }) });
@@ -207,10 +213,6 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
   await client.listen("outbox_subscriptions", () => {
     void reloadSubscriptions().then(kick, (error) => logger.error({ err: error }, "could not reload subscriptions"));
   });
-  kickAfterRelisten = () => {
-    void reloadSubscriptions().catch(() => undefined);
-    kick();
-  };
 
   const runner: Runner = await run({
     connectionString: options.connectionString,

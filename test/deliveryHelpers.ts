@@ -103,3 +103,40 @@ export async function dispatchOnce(sql: Sql): Promise<{ events: number; deliveri
     conn.release();
   }
 }
+
+/** One recorded outcome: the delivery row as an attempt's outcome left it. */
+export interface RecordedOutcome {
+  id: string;
+  status: string;
+  attempts: number;
+  next_attempt_at: Date;
+  last_error: string | null;
+  last_status: number | null;
+  delivered_at: Date | null;
+  updated_at: Date;
+}
+
+/**
+ * Records every outcome written to a subscription's deliveries (a trigger of the test's own
+ * database), so a test can read the state an attempt left even when the next attempt is
+ * claimed before the test looks: a full-jitter retry may come within milliseconds.
+ * Returns a reader of the outcomes in the order they were written.
+ */
+export async function recordOutcomes(sql: Sql, subscription: string): Promise<() => Promise<RecordedOutcome[]>> {
+  const table = `test_outcomes_${subscription.replace(/\W/g, "_")}`;
+  await sql.unsafe(`
+    create table ${table} (seq bigserial primary key, id bigint, status text, attempts int,
+      next_attempt_at timestamptz, last_error text, last_status int, delivered_at timestamptz, updated_at timestamptz);
+    create function ${table}_tg() returns trigger language plpgsql as $fn$
+    begin
+      insert into ${table} (id, status, attempts, next_attempt_at, last_error, last_status, delivered_at, updated_at)
+      values (new.id, new.status, new.attempts, new.next_attempt_at, new.last_error, new.last_status, new.delivered_at, new.updated_at);
+      return null;
+    end $fn$;
+    create trigger ${table} after update on outbox.deliveries for each row
+      when (new.subscription = '${subscription.replace(/'/g, "''")}' and new.status in ('retrying', 'dead', 'delivered'))
+      execute function ${table}_tg();`);
+  return () =>
+    sql.unsafe<RecordedOutcome[]>(`
+      select id::text, status, attempts, next_attempt_at, last_error, last_status, delivered_at, updated_at from ${table} order by seq`);
+}

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
+import { recordOutcomes } from "./deliveryHelpers.js";
 import { useTestDatabase, waitFor } from "./harness.js";
 import {
   emitEvents,
@@ -41,8 +42,12 @@ async function firstDelivery(subscription: string, check: (d: WebhookDelivery) =
 test("a 500 is retried: retrying with last_status 500 and the body's start in last_error, then delivered on the next attempt", async () => {
   const r = await receiver((_, res) => (r.requests.length === 1 ? res.writeHead(500).end("database is down\n  try later") : res.writeHead(202).end()));
   await webhookSubscription(db.sql, "o_500", "o1.**", { url: `${r.origin}/x` });
+  // The retry may come within milliseconds (full jitter): read the first outcome as it was written.
+  const outcomes = await recordOutcomes(db.sql, "o_500");
   await emitEvents(db.sql, "o1.created");
-  const failed = await firstDelivery("o_500", (d) => d.attempts === 1 && d.status === "retrying", "the first attempt to fail");
+  const failed = await waitFor(async () => (await outcomes())[0], "the first attempt to fail");
+  assert.equal(failed.attempts, 1);
+  assert.equal(failed.status, "retrying");
   assert.equal(failed.last_status, 500);
   assert.equal(failed.last_error, "HTTP 500: database is down try later");
   const done = await firstDelivery("o_500", (d) => d.status === "delivered", "the retry to deliver");

@@ -8,7 +8,9 @@ create or replace function outbox._event_matches(p_event_ids bigint[], p_subscri
 returns table (event_id uuid, event_position bigint, subscription text, order_key text)
 language sql stable
 as $$
-  with subs as (
+  -- Materialized: each pattern is turned into its regex once, not once per event (inlined,
+  -- the call sat in the join condition: 12 µs for every event and subscription, measured).
+  with subs as materialized (
     select s.name, outbox._pattern_regex(s.pattern) as regex, s.tenant, s.filter, s.ordered
     from outbox.subscriptions s
     where (p_subscription is null and s.active) or s.name = p_subscription
@@ -125,13 +127,24 @@ begin
     order by e.id
     limit greatest(p_max_events, 1)
   ),
+  -- (b) as two lookups on _events_xid_idx, each with one condition the index serves, and
+  -- `id <= last_id` applied after them (materialized: not pushed down). Written as one
+  -- `id <= last_id and (xid = any(...) or xid >= ...)`, the generic plan walked the primary
+  -- key over every event up to last_id and filtered by xid: each round read the whole
+  -- retained table (measured: 9,166 rows read for a round of 49 events). These lookups read
+  -- the events of transactions that were in flight, and those that started since the
+  -- previous read, nothing else.
+  late as materialized (
+    select e.id, e.count from outbox._events e
+    where v_state.snapshot_xmax is not null and e.xid = any(v_state.snapshot_xip)
+    union all
+    select e.id, e.count from outbox._events e
+    where v_state.snapshot_xmax is not null and e.xid >= v_state.snapshot_xmax
+  ),
   picked as (
     select f.id, f.count, true as is_fresh from fresh f where f.before < greatest(p_max_events, 1)
     union all
-    select e.id, e.count, false from outbox._events e
-    where v_state.snapshot_xmax is not null
-      and e.id <= v_state.last_id
-      and (e.xid = any(v_state.snapshot_xip) or e.xid >= v_state.snapshot_xmax)
+    select l.id, l.count, false from late l where l.id <= v_state.last_id
   )
   select array_agg(p.id order by p.id), max(p.id) filter (where p.is_fresh), coalesce(sum(p.count), 0)::int
   into v_ids, v_new_last, v_events

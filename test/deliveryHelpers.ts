@@ -127,9 +127,10 @@ export async function recordOutcomes(sql: Sql, subscription: string): Promise<()
   await sql.unsafe(`
     create table ${table} (seq bigserial primary key, id bigint, status text, attempts int,
       next_attempt_at timestamptz, last_error text, last_status int, delivered_at timestamptz, updated_at timestamptz);
+    -- Qualified: the outbox functions that update deliveries run with their own search_path.
     create function ${table}_tg() returns trigger language plpgsql as $fn$
     begin
-      insert into ${table} (id, status, attempts, next_attempt_at, last_error, last_status, delivered_at, updated_at)
+      insert into public.${table} (id, status, attempts, next_attempt_at, last_error, last_status, delivered_at, updated_at)
       values (new.id, new.status, new.attempts, new.next_attempt_at, new.last_error, new.last_status, new.delivered_at, new.updated_at);
       return null;
     end $fn$;

@@ -80,3 +80,29 @@ test("a dispatch session whose plans were made on an empty events table still re
     conn.release();
   }
 });
+
+test("a dispatch round reads the new events and the late ones, not every event dispatched before", async () => {
+  await capturedTable(db.sql, "bounded_events");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('bounded_sub', 'public.bounded_events.*', 'notify', '{"channel": "bounded_sub"}')`;
+  const conn = await db.sql.reserve();
+  try {
+    const round = async () => {
+      await conn`begin isolation level repeatable read`;
+      const [row] = await conn<{ events: number }[]>`select events from outbox._dispatch(2000, 'w', '{bounded_sub}', 2000) limit 1`;
+      // Heap rows of outbox._events fetched by index scans in this transaction only.
+      const [stat] = await conn<{ fetched: number }[]>`
+        select idx_tup_fetch::int as fetched from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
+      await conn`commit`;
+      return { events: row?.events ?? 0, fetched: stat?.fetched ?? 0 };
+    };
+    assert.equal((await round()).events, 0, "a first round on an empty table makes the session's plans");
+    for (let i = 1; i <= 500; i++) await db.sql`insert into bounded_events (id) values (${i})`;
+    assert.equal((await round()).events, 500);
+    await db.sql`insert into bounded_events (id) values (501)`;
+    const next = await round();
+    assert.equal(next.events, 1, "the round read the one event written since");
+    assert.ok(next.fetched <= 10, `it fetched ${next.fetched} rows of outbox._events (the 500 before it are not read again)`);
+  } finally {
+    conn.release();
+  }
+});

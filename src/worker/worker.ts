@@ -98,7 +98,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       // now. (Only called once listening has started, after everything below exists.)
       onRelisten: () => {
         void reloadSubscriptions().catch(() => undefined);
-        kick();
+        wake();
       },
     },
   );
@@ -143,6 +143,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
 
   const reloadSubscriptions = async () => {
     deliverer.setSubscriptions(await subscriptionList(sql));
+    deliverer.requestClaims(); // a subscription activated or changed may have due deliveries
   };
 
   // Reads until a round finds nothing, then marks the worker idle and reads once more: a
@@ -168,17 +169,26 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     try {
       for (;;) {
         again = false;
+        let claimedByDispatch = 0;
         const round = await dispatcher.runUntilCaughtUp(
           () => deliverer.dispatchClaimRequest(),
-          (r) => deliverer.startClaimed(r.claimed),
+          (r) => {
+            claimedByDispatch += r.claimed.length;
+            deliverer.startClaimed(r.claimed);
+          },
         );
         http?.metrics.eventsDispatched(round?.events ?? 0);
+        // Deliveries dispatch wrote without claiming them for this worker: someone must claim them.
+        if (round && round.deliveries > claimedByDispatch) deliverer.requestClaims();
         const claimed = await deliverer.pumpAll();
         // After dispatch, so that a wake-up's first round is not kept waiting.
         if (Date.now() - lastRecoverAt > Math.min(5000, options.leaseMs / 2)) {
           lastRecoverAt = Date.now();
           const recovered = await settleWithin(deliveryRecoverExpired(sql), ANSWER_WITHIN_MS);
-          if (recovered > 0) logger.warn({ recovered }, "took over deliveries whose lease expired");
+          if (recovered > 0) {
+            logger.warn({ recovered }, "took over deliveries whose lease expired");
+            deliverer.requestClaims();
+          }
         }
         if (stopping) break;
         if ((round?.events ?? 0) > 0 || claimed > 0) {
@@ -205,13 +215,19 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       setTimeout(() => void tick(), Math.min(5000, 100 * 2 ** errorsInRow)).unref();
     }
   };
-  const kick = () => void tick();
+  // A wake-up, a poll or an outside request: dispatch, and claim whatever may be due.
+  // (Recorded outcomes only call tick: they make nothing claimable that the deliverer does
+  // not already know of.)
+  const wake = () => {
+    deliverer.requestClaims();
+    void tick();
+  };
 
   await workerRegister(sql, id, options.handlers.names());
   await reloadSubscriptions();
-  await client.listen("outbox_wake", kick);
+  await client.listen("outbox_wake", wake);
   await client.listen("outbox_subscriptions", () => {
-    void reloadSubscriptions().then(kick, (error) => logger.error({ err: error }, "could not reload subscriptions"));
+    void reloadSubscriptions().then(wake, (error) => logger.error({ err: error }, "could not reload subscriptions"));
   });
 
   const runner: Runner = await run({
@@ -222,8 +238,8 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     pollInterval: 2000,
     logger: graphileLogger(options.logger),
     taskList: {
-      outbox_dispatch: async () => kick(),
-      outbox_deliver: async () => kick(),
+      outbox_dispatch: async () => wake(),
+      outbox_deliver: async () => wake(),
       outbox_maintain: async () => {
         const removed = await pruneOnce(sql, options.retentionMs, options.deadRetentionMs);
         if (removed > 0) logger.info({ removed }, "retention removed old deliveries and events");
@@ -235,7 +251,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
   const poll = setInterval(() => {
     if (idle) setIdle(true); // refresh the idle mark before it expires
     void reloadSubscriptions().catch(() => undefined);
-    void tick();
+    wake(); // the safety net: retries that came due, and anything a lost wake-up left
   }, options.pollIntervalMs);
   void tick();
   logger.info({ handlers: options.handlers.names() }, "worker started");
@@ -274,5 +290,5 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     await stop();
     throw error;
   }
-  return { id, kick, stop, stopped, httpPort };
+  return { id, kick: wake, stop, stopped, httpPort };
 }

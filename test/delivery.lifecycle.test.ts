@@ -309,3 +309,48 @@ test("an outcome from a worker whose lease passed to another is dropped; the new
   // The rule the outcome's match relies on: a lease has an owner exactly while delivering.
   await assert.rejects(db.sql`update outbox.deliveries set locked_by = 'worker-c' where id = ${id}`, /deliveries_locked_by_check/);
 });
+
+test("one outcome batch records mixed outcomes, and reads only its own deliveries even when the session planned it on an empty table", async () => {
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind, max_attempts) values ('l11_sub', 'l11.*', 'handler', 3)`;
+  const conn = await db.sql.reserve();
+  try {
+    // The session's plan is made now, while the subscription has no delivery at all.
+    await conn`select outbox._delivery_complete('w', '{}', '{}', '{}', '{}', '{}')`;
+    // 2,000 deliveries held by worker w, attempt 1 (and one at its last attempt).
+    await db.sql`
+      insert into outbox.deliveries (event_id, event_position, subscription, status, attempts, locked_by, locked_until)
+      select gen_random_uuid(), g, 'l11_sub', 'delivering', case when g = 5 then 3 else 1 end, 'w', now() + interval '1 minute'
+      from generate_series(1, 2000) g`;
+    const ids = await db.sql<{ id: string; pos: string }[]>`
+      select id::text, event_position::text as pos from outbox.deliveries where subscription = 'l11_sub' and event_position <= 5 order by event_position`;
+    const [one, two, three, four, five] = ids.map((r) => r.id) as [string, string, string, string, string];
+    await conn`begin`;
+    const [{ n }] = await conn<{ n: number }[]>`
+      select outbox._delivery_complete('w',
+        ${"{" + [one, two, three, four, five].join(",") + "}"}::bigint[],
+        '{delivered,retry,retry,dead,retry}', '{null,"HTTP 500: down","slow down","HTTP 400: bad",boom}',
+        '{200,500,429,400,null}', '{null,null,30000,null,null}') as n`;
+    const [stat] = await conn<{ fetched: number }[]>`
+      select idx_tup_fetch::int as fetched from pg_stat_xact_user_tables where relid = 'outbox.deliveries'::regclass`;
+    await conn`commit`;
+    assert.equal(n, 5);
+    assert.ok(stat!.fetched <= 50, `the batch read ${stat!.fetched} rows of outbox.deliveries for 5 outcomes, not the 2,000 held`);
+    const rows = await db.sql<{ id: string; status: string; last_error: string | null; last_status: number | null; wait_s: number | null; delivered: boolean; locked_by: string | null }[]>`
+      select id::text, status, last_error, last_status, extract(epoch from next_attempt_at - updated_at)::float8 as wait_s,
+             delivered_at is not null as delivered, locked_by
+      from outbox.deliveries where id in ${db.sql([one, two, three, four, five])} order by event_position`;
+    assert.deepEqual(rows.map((r) => [r.status, r.last_error, r.last_status, r.delivered, r.locked_by]), [
+      ["delivered", null, 200, true, null],
+      ["retrying", "HTTP 500: down", 500, false, null],
+      ["retrying", "slow down", 429, false, null],
+      ["dead", "HTTP 400: bad", 400, false, null],
+      ["dead", "boom", null, false, null], // its third attempt of three: a retry past max_attempts is dead
+    ]);
+    assert.ok(rows[1]!.wait_s! >= 0 && rows[1]!.wait_s! <= 2, "attempt 1 retries within 2 s (full jitter)");
+    assert.equal(rows[2]!.wait_s, 30, "Retry-After overrides the backoff");
+    assert.deepEqual(await statusCounts(db.sql, "l11_sub"), { delivered: 1, retrying: 2, dead: 2, delivering: 1995 });
+  } finally {
+    await conn`rollback`.catch(() => undefined);
+    conn.release();
+  }
+});

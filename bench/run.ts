@@ -121,7 +121,8 @@ function printTable(cases: CaseResult[], workerCase: WorkerCaseResult): void {
   console.log("add_job: the naive design, a row trigger calling graphile_worker.add_job per row");
   console.log(`worker delivering: the worker ran in both variants and delivered all ${fmt(w.delivered)} events; ` +
     `${w.wakeNotifications} wake-up notifications for ${fmt(w.transactions)} captured transactions; ` +
-    `goal: no lower than the ratio without a worker (${w.ratioWithoutWorker.toFixed(2)}) minus 0.05 of noise`);
+    `goal: no lower than the ratio without a worker in the same rounds (${w.ratioWithoutWorker.toFixed(2)}: ` +
+    `${fmt(w.capturedAlone.median)} / ${fmt(w.plainAlone.median)} tx/s) minus 0.05 of noise`);
   const missed = [...cases.filter((c) => !c.pass).map((c) => `${c.label} ${c.ratio.toFixed(2)} < ${c.goal.toFixed(2)}`),
     ...(w.pass ? [] : [`${w.label} ${w.ratio.toFixed(2)} < ${(w.ratioWithoutWorker - 0.05).toFixed(2)}`])];
   console.log(missed.length ? `GOAL MISSED: ${missed.join("; ")}` : "all goals met");
@@ -247,7 +248,7 @@ async function capturePart(serverUrl: string): Promise<void> {
   const started = new Date();
   // Progress goes to stderr so that stdout carries only the table.
   const cases = await runCapture(sql, { ...options, url, log: (l) => console.error(l) });
-  const workerCase = await runWorkerCase(sql, { ...options, url, log: (l) => console.error(l) }, cases[0]!.ratio);
+  const workerCase = await runWorkerCase(sql, { ...options, url, log: (l) => console.error(l) });
   await sql.end();
   printTable(cases, workerCase);
 

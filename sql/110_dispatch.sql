@@ -185,9 +185,12 @@ begin
   into v_deliveries, v_claimed, v_claimed_positions, v_claimed_subscriptions, v_claimed_event_ids
   from inserted i;
 
-  -- Other processes may be idle: new deliveries are theirs to claim too.
-  if v_deliveries > coalesce(cardinality(v_claimed), 0) then
-    perform outbox._wake(p_worker);
+  -- Other processes may be idle: new deliveries are theirs to claim too. Said with 'deliver'
+  -- (as redeliver and replay do), which asks workers to claim; a plain wake-up from a write
+  -- only asks the dispatcher to read.
+  if v_deliveries > coalesce(cardinality(v_claimed), 0)
+     and exists (select from outbox._workers w where w.idle_until > now() and w.id is distinct from p_worker) then
+    perform pg_notify('outbox_wake', 'deliver');
   end if;
 
   update outbox._dispatch_state s set

@@ -93,6 +93,8 @@ export const cliEnvSchema = z.object({
   OUTBOX_GRAPHILE_POOL_SIZE: wholeNumberVar(2, 100),
   /** `outbox worker`: safety-net poll interval; default 1s. */
   OUTBOX_POLL_INTERVAL: durationVar(10, 60_000),
+  /** `outbox worker`: while busy, how long a small round's successors gather; default 50ms. */
+  OUTBOX_BUSY_WAIT: durationVar(0, 1000),
   /** `outbox worker`: lease of a claimed delivery; default 30s. */
   OUTBOX_LEASE: durationVar(1000, 3_600_000),
   /** `outbox worker`: how long stopping waits for in-flight deliveries; default 10s. */

@@ -84,3 +84,33 @@ test("under a steady stream of writes a busy worker is not notified on every wri
     await w.stop();
   }
 });
+
+test("without the poll, a worker that is not the dispatcher gets its deliveries from wake-ups: a lone write and a stream", async () => {
+  await capturedTable(db.sql, "wk2");
+  const toA = new Set<number>();
+  const toB = new Set<number>();
+  // A 60 s poll: within this test, only wake-ups and the workers' own reads move anything.
+  const noPoll = { pollIntervalMs: 60_000, leaseMs: 2000 };
+  const a = await startOutbox(db, (o) => o.handle("wk2_a", "public.wk2.*", (event) => void toA.add(idOf(event))), noPoll);
+  await waitFor(async () => (await db.sql`
+    select from pg_locks l join pg_database d on d.oid = l.database
+    where l.locktype = 'advisory' and l.granted and d.datname = current_database()`).length > 0, "worker A to take the dispatcher role");
+  const b = await startOutbox(db, (o) => o.handle("wk2_b", "public.wk2.*", (event) => void toB.add(idOf(event))), noPoll);
+  try {
+    await db.sql`insert into wk2 (id) values (1)`;
+    await waitFor(async () => toA.has(1) && toB.has(1), "both handlers to get the lone write", 3000);
+
+    // A stream from 4 writers: B, busy, keeps claiming while its claims find work, and is
+    // woken again whenever it went idle.
+    let nextId = 1;
+    await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        for (let i = 0; i < 100; i++) await db.sql`insert into wk2 (id) values (${++nextId})`;
+      }),
+    );
+    await waitFor(async () => toA.size === nextId && toB.size === nextId, `both handlers to get all ${nextId} writes`, 5000);
+  } finally {
+    await b.stop();
+    await a.stop();
+  }
+});

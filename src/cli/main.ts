@@ -86,6 +86,7 @@ program
         poolSize: env.OUTBOX_POOL_SIZE,
         graphilePoolSize: env.OUTBOX_GRAPHILE_POOL_SIZE,
         pollIntervalMs: env.OUTBOX_POLL_INTERVAL,
+        busyWaitMs: env.OUTBOX_BUSY_WAIT,
         leaseMs: env.OUTBOX_LEASE,
         drainTimeoutMs: env.OUTBOX_DRAIN_TIMEOUT,
         retentionMs: env.OUTBOX_RETENTION,

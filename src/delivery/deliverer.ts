@@ -132,6 +132,11 @@ export class Deliverer {
     else for (const name of names) this.claimFor.add(name);
   }
 
+  /** Whether a claim was requested since the last {@link pumpAll}. */
+  get claimsRequested(): boolean {
+    return this.claimAll || this.claimFor.size > 0;
+  }
+
   /**
    * Claims and starts deliveries for the served subscriptions that may have some due (see
    * {@link requestClaims}); returns how many were claimed.
@@ -243,6 +248,10 @@ export class Deliverer {
         const rows = await settleWithin(deliveryClaimDue(this.options.sql, this.options.workerId, name, want, this.leaseMs), ANSWER_WITHIN_MS);
         claimed += rows.length;
         if (rows.length > 0) {
+          // Found work: claim again next round, since more may be coming (a worker that
+          // dispatch does not hand deliveries to finds them this way while it is busy). A
+          // claim that finds nothing ends it; then wake-ups and polls ask again.
+          this.claimFor.add(name);
           this.inFlight.set(name, (this.inFlight.get(name) ?? 0) + rows.length);
           this.startAttempts(
             sub,

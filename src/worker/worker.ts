@@ -40,7 +40,7 @@ export interface WorkerOptions {
   leaseMs: number;
   /** How long an idle mark lasts without refresh; default 15000 ms. */
   idleTtlMs: number;
-  /** While busy, the pause before reading again after a small round; default 10 ms (see createOutbox's `worker.busyWaitMs`). */
+  /** While busy, the pause before reading again after a small round; default 50 ms (see createOutbox's `worker.busyWaitMs`). */
   busyWaitMs: number;
   /** How long stop() waits for in-flight deliveries; default 10000 ms. */
   drainTimeoutMs: number;
@@ -117,8 +117,11 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     transports: http ? transports.map((t) => new ObservedTransport(t, http.metrics)) : transports,
     logger: logger.child({ component: "delivery" }),
     leaseMs: options.leaseMs,
-    // Recorded outcomes free capacity and unblock ordered keys: read again.
-    onSettled: () => void tick(),
+    // Recorded outcomes can free capacity, unblock an ordered key or leave a retry: claim
+    // then. Otherwise they make nothing new claimable, and a round would only cost.
+    onSettled: () => {
+      if (deliverer.claimsRequested) void tick();
+    },
   });
 
   let stopping = false;
@@ -198,6 +201,10 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
           // since the last round): sparse writes, one per round, keep their latency.
           const events = round?.events ?? 0;
           if (!idle && events >= 2 && events < SMALL_ROUND && options.busyWaitMs > 0) await sleep(options.busyWaitMs);
+          // While the idle mark is live, every write committed after this round's snapshot
+          // notifies (setting `again`): reading again only to find nothing would double the
+          // cost of a lone write's round.
+          if (idle && !again && !deliverer.claimsRequested && (round?.events ?? 0) < SMALL_ROUND) break;
           continue;
         }
         if (again) continue;
@@ -225,7 +232,9 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
 
   await workerRegister(sql, id, options.handlers.names());
   await reloadSubscriptions();
-  await client.listen("outbox_wake", wake);
+  // 'deliver' (dispatch left deliveries for other workers, redeliver, replay): claim. A plain
+  // wake-up comes from a write: the dispatcher reads, and hands this worker what it claims.
+  await client.listen("outbox_wake", (payload) => (payload === "deliver" ? wake() : void tick()));
   await client.listen("outbox_subscriptions", () => {
     void reloadSubscriptions().then(wake, (error) => logger.error({ err: error }, "could not reload subscriptions"));
   });

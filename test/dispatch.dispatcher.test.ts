@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
+import type { ReservedSql } from "postgres";
 import { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { NoAnswerError } from "../src/errors.js";
 import { silentLogger } from "../src/logger.js";
@@ -56,24 +57,31 @@ test("a dispatch round without an answer is abandoned: the connection and the ro
   assert.equal(n, 1);
 });
 
+/**
+ * One dispatch round on `conn` claiming for `subscription`, with what it did to
+ * outbox._events: the counts of this transaction only, so nothing else on the server moves
+ * them (sequential scans, and heap rows fetched by index scans).
+ */
+async function dispatchRoundStats(conn: ReservedSql, subscription: string): Promise<{ events: number; seqScans: number; fetched: number }> {
+  await conn`begin isolation level repeatable read`;
+  const [row] = await conn<{ events: number }[]>`
+    select events from outbox._dispatch(2000, 'w', ${"{" + subscription + "}"}::text[], 2000) limit 1`;
+  const [stat] = await conn<{ seq: number; fetched: number }[]>`
+    select seq_scan::int as seq, idx_tup_fetch::int as fetched
+    from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
+  await conn`commit`;
+  return { events: row?.events ?? 0, seqScans: stat?.seq ?? 0, fetched: stat?.fetched ?? 0 };
+}
+
 test("a dispatch session whose plans were made on an empty events table still reads events by index, not by scanning the table", async () => {
   await capturedTable(db.sql, "plan_events");
   await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('plan_sub', 'public.plan_events.*', 'notify', '{"channel": "plan_sub"}')`;
   const conn = await db.sql.reserve();
   try {
-    const round = async () => {
-      await conn`begin isolation level repeatable read`;
-      const [row] = await conn<{ events: number }[]>`select events from outbox._dispatch(2000, 'w', '{plan_sub}', 2000) limit 1`;
-      // Counts of this transaction only, so nothing else on the server can move them.
-      const [stat] = await conn<{ seq: number }[]>`
-        select seq_scan::int as seq from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
-      await conn`commit`;
-      return { events: row?.events ?? 0, seqScans: stat?.seq ?? 0 };
-    };
     // The session's generic plans are made by its first round, with no event yet.
-    assert.equal((await round()).events, 0);
+    assert.equal((await dispatchRoundStats(conn, "plan_sub")).events, 0);
     for (let i = 1; i <= 300; i++) await db.sql`insert into plan_events (id) values (${i})`;
-    const later = await round();
+    const later = await dispatchRoundStats(conn, "plan_sub");
     assert.equal(later.events, 300, "the round read the 300 events written since");
     assert.equal(later.seqScans, 0, "without scanning outbox._events");
   } finally {
@@ -86,20 +94,11 @@ test("a dispatch round reads the new events and the late ones, not every event d
   await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('bounded_sub', 'public.bounded_events.*', 'notify', '{"channel": "bounded_sub"}')`;
   const conn = await db.sql.reserve();
   try {
-    const round = async () => {
-      await conn`begin isolation level repeatable read`;
-      const [row] = await conn<{ events: number }[]>`select events from outbox._dispatch(2000, 'w', '{bounded_sub}', 2000) limit 1`;
-      // Heap rows of outbox._events fetched by index scans in this transaction only.
-      const [stat] = await conn<{ fetched: number }[]>`
-        select idx_tup_fetch::int as fetched from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
-      await conn`commit`;
-      return { events: row?.events ?? 0, fetched: stat?.fetched ?? 0 };
-    };
-    assert.equal((await round()).events, 0, "a first round on an empty table makes the session's plans");
+    assert.equal((await dispatchRoundStats(conn, "bounded_sub")).events, 0, "a first round on an empty table makes the session's plans");
     for (let i = 1; i <= 500; i++) await db.sql`insert into bounded_events (id) values (${i})`;
-    assert.equal((await round()).events, 500);
+    assert.equal((await dispatchRoundStats(conn, "bounded_sub")).events, 500);
     await db.sql`insert into bounded_events (id) values (501)`;
-    const next = await round();
+    const next = await dispatchRoundStats(conn, "bounded_sub");
     assert.equal(next.events, 1, "the round read the one event written since");
     assert.ok(next.fetched <= 10, `it fetched ${next.fetched} rows of outbox._events (the 500 before it are not read again)`);
   } finally {

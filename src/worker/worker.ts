@@ -211,6 +211,9 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
         if (!idle) {
           setIdle(true);
           await idleWrite;
+          // Read and claim once more: deliveries another dispatcher wrote before the mark was
+          // visible did not wake this worker.
+          deliverer.requestClaims();
           continue;
         }
         break;

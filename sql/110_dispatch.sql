@@ -185,11 +185,12 @@ begin
   into v_deliveries, v_claimed, v_claimed_positions, v_claimed_subscriptions, v_claimed_event_ids
   from inserted i;
 
-  -- Other processes may be idle: new deliveries are theirs to claim too. Said with 'deliver'
-  -- (as redeliver and replay do), which asks workers to claim; a plain wake-up from a write
-  -- only asks the dispatcher to read.
-  if v_deliveries > coalesce(cardinality(v_claimed), 0)
-     and exists (select from outbox._workers w where w.idle_until > now() and w.id is distinct from p_worker) then
+  -- Deliveries left for other workers: wake them to claim ('deliver', as redeliver and replay
+  -- say; a write's wake-up only asks the dispatcher to read). Whether or not any looks idle:
+  -- this round's snapshot can predate a worker's idle mark, and that worker, having claimed
+  -- before these rows committed, would wait for its poll. One notification per round that
+  -- leaves work, in the dispatcher's transaction, never on the write path.
+  if v_deliveries > coalesce(cardinality(v_claimed), 0) then
     perform pg_notify('outbox_wake', 'deliver');
   end if;
 

@@ -59,18 +59,25 @@ test("a dispatch round without an answer is abandoned: the connection and the ro
 
 /**
  * One dispatch round on `conn` claiming for `subscription`, with what it did to
- * outbox._events: the counts of this transaction only, so nothing else on the server moves
- * them (sequential scans, and heap rows fetched by index scans).
+ * outbox._events: sequential scans, and heap rows fetched by index scans. Taken as the
+ * difference around the call: the session's counters may still hold earlier transactions'
+ * counts (PostgreSQL 15 flushes them at most once a second), which made a round seem to
+ * fetch the previous round's 2,000 rows in one run of three.
  */
 async function dispatchRoundStats(conn: ReservedSql, subscription: string): Promise<{ events: number; seqScans: number; fetched: number }> {
+  const counters = async () => {
+    const [stat] = await conn<{ seq: number; fetched: number }[]>`
+      select seq_scan::int as seq, idx_tup_fetch::int as fetched
+      from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
+    return { seq: stat?.seq ?? 0, fetched: stat?.fetched ?? 0 };
+  };
   await conn`begin isolation level repeatable read`;
+  const before = await counters();
   const [row] = await conn<{ events: number }[]>`
     select events from outbox._dispatch(2000, 'w', ${"{" + subscription + "}"}::text[], 2000) limit 1`;
-  const [stat] = await conn<{ seq: number; fetched: number }[]>`
-    select seq_scan::int as seq, idx_tup_fetch::int as fetched
-    from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
+  const after = await counters();
   await conn`commit`;
-  return { events: row?.events ?? 0, seqScans: stat?.seq ?? 0, fetched: stat?.fetched ?? 0 };
+  return { events: row?.events ?? 0, seqScans: after.seq - before.seq, fetched: after.fetched - before.fetched };
 }
 
 test("a dispatch session whose plans were made on an empty events table still reads events by index, not by scanning the table", async () => {
@@ -103,5 +110,46 @@ test("a dispatch round reads the new events and the late ones, not every event d
     assert.ok(next.fetched <= 10, `it fetched ${next.fetched} rows of outbox._events (the 500 before it are not read again)`);
   } finally {
     conn.release();
+  }
+});
+
+test("guarantee 3: an event whose transaction took its id before a round and its transaction id after is read once it commits", async () => {
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('late_sub', 'late.*', 'notify', '{"channel": "late_sub"}')`;
+  // emit's insert is its transaction's first write: the event id is taken, then the xid. This
+  // default holds the transaction between the two while the test session holds a lock.
+  await db.sql.unsafe(`
+    create function public.test_held_xid() returns xid8 language plpgsql volatile as $$
+    begin
+      if current_setting('test.hold_xid', true) = 'on' then perform pg_advisory_xact_lock(7340001); end if;
+      return pg_current_xact_id();
+    end $$;
+    alter table outbox._events alter column xid set default public.test_held_xid();`);
+  const lock = await db.sql.reserve();
+  const late = await db.sql.reserve();
+  const conn = await db.sql.reserve();
+  try {
+    await lock`select pg_advisory_lock(7340001)`;
+    await late`begin`;
+    await late`set local test.hold_xid = 'on'`;
+    const lateEmit = late`select outbox.emit('late.first', '{}')`.execute();
+    await waitFor(
+      async () => (await db.sql`select from pg_locks where locktype = 'advisory' and objid = 7340001 and not granted`).length === 1,
+      "the late transaction to wait between taking its event id and its transaction id",
+    );
+    await db.sql`select outbox.emit('late.second', '{}')`; // a larger id, committed
+    assert.equal((await dispatchRoundStats(conn, "late_sub")).events, 1, "the round reads the committed event, past the held one's id");
+    await lock`select pg_advisory_unlock(7340001)`;
+    await lateEmit;
+    await late`commit`;
+    assert.equal((await dispatchRoundStats(conn, "late_sub")).events, 1, "the next round reads the late event");
+    const topics = await db.sql<{ topic: string }[]>`
+      select e.topic from outbox.deliveries d join outbox.events e on e.id = d.event_id
+      where d.subscription = 'late_sub' order by d.event_position`;
+    assert.deepEqual(topics.map((t) => t.topic), ["late.first", "late.second"], "each event once");
+  } finally {
+    await late`rollback`.catch(() => undefined);
+    await lock`select pg_advisory_unlock_all()`.catch(() => undefined);
+    await db.sql`alter table outbox._events alter column xid set default pg_current_xact_id()`;
+    for (const c of [lock, late, conn]) c.release();
   }
 });

@@ -323,16 +323,19 @@ export class Deliverer {
     const release = () => {
       for (const r of batch) this.inFlight.set(r.subscription, (this.inFlight.get(r.subscription) ?? 0) - 1);
     };
+    // Subscriptions that dispatch does not claim for, whose recorded outcomes make their next
+    // deliveries claimable (ordered: the key's next event; a `concurrency` limit: a free slot).
+    const unblocks = () => {
+      for (const name of new Set(batch.map((r) => r.subscription))) {
+        const sub = this.subscriptions.get(name);
+        if (sub && (sub.ordered || sub.config.concurrency !== undefined)) this.claimFor.add(name);
+      }
+    };
     this.flushing = (async () => {
       try {
         await settleWithin(deliveryCompleteBatch(this.options.sql, this.options.workerId, batch), ANSWER_WITHIN_MS);
         release();
-        // A recorded outcome frees capacity of a subscription that dispatch does not claim for
-        // (ordered: the key's next event is due now; a `concurrency` limit: a slot is free).
-        for (const r of batch) {
-          const sub = this.subscriptions.get(r.subscription);
-          if (sub && (sub.ordered || sub.config.concurrency !== undefined)) this.claimFor.add(sub.name);
-        }
+        unblocks();
       } catch (error) {
         if (this.closed) {
           // The pool is gone: the leases of these deliveries expire and they are retried.

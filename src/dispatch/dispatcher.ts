@@ -87,7 +87,7 @@ export class Dispatcher {
   /**
    * Runs rounds until caught up, if this process holds or can take the dispatcher role.
    * Deliveries a round wrote already claimed for this worker go to `onClaimed` at once.
-   * Returns the totals (without the claimed rows), or null when another process is the
+   * Returns the totals (with every claimed row, for counting), or null when another process is the
    * dispatcher.
    */
   async runUntilCaughtUp(
@@ -107,7 +107,10 @@ export class Dispatcher {
         total.events += result.events;
         total.deliveries += result.deliveries;
         total.lastId = result.lastId;
-        if (result.claimed.length > 0) onClaimed?.(result);
+        if (result.claimed.length > 0) {
+          total.claimed.push(...result.claimed);
+          onClaimed?.(result);
+        }
         if (result.events < this.maxEvents / 2) break;
       }
       return total;

@@ -172,17 +172,14 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     try {
       for (;;) {
         again = false;
-        let claimedByDispatch = 0;
         const round = await dispatcher.runUntilCaughtUp(
           () => deliverer.dispatchClaimRequest(),
-          (r) => {
-            claimedByDispatch += r.claimed.length;
-            deliverer.startClaimed(r.claimed);
-          },
+          (r) => deliverer.startClaimed(r.claimed),
         );
-        http?.metrics.eventsDispatched(round?.events ?? 0);
+        const events = round?.events ?? 0;
+        http?.metrics.eventsDispatched(events);
         // Deliveries dispatch wrote without claiming them for this worker: someone must claim them.
-        if (round && round.deliveries > claimedByDispatch) deliverer.requestClaims();
+        if (round && round.deliveries > round.claimed.length) deliverer.requestClaims();
         const claimed = await deliverer.pumpAll();
         // After dispatch, so that a wake-up's first round is not kept waiting.
         if (Date.now() - lastRecoverAt > Math.min(5000, options.leaseMs / 2)) {
@@ -194,17 +191,16 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
           }
         }
         if (stopping) break;
-        if ((round?.events ?? 0) > 0 || claimed > 0) {
+        if (events > 0 || claimed > 0) {
           if (idle && ++busyRounds >= 2) setIdle(false);
           // A busy worker after a small round: let the next few writes gather rather than pay
           // a round for each. Only in a stream (marked busy, and more than one event came
           // since the last round): sparse writes, one per round, keep their latency.
-          const events = round?.events ?? 0;
           if (!idle && events >= 2 && events < SMALL_ROUND && options.busyWaitMs > 0) await sleep(options.busyWaitMs);
           // While the idle mark is live, every write committed after this round's snapshot
           // notifies (setting `again`): reading again only to find nothing would double the
           // cost of a lone write's round.
-          if (idle && !again && !deliverer.claimsRequested && (round?.events ?? 0) < SMALL_ROUND) break;
+          if (idle && !again && !deliverer.claimsRequested && events < SMALL_ROUND) break;
           continue;
         }
         if (again) continue;

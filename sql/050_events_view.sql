@@ -158,7 +158,12 @@ as $$
   from outbox._events e
   cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
   join wanted w on w.pos = (e.id << 16) + i.ord - 1
-  where e.id in (select w2.pos >> 16 from wanted w2)
+  -- `id = any(array)` is an index condition whatever size the planner believes the table
+  -- has. As a semi-join (`id in (select ...)`), the generic plan that dispatch and claims
+  -- keep for their session, made while `_events` looked empty, walked the whole primary key
+  -- and probed the wanted list for every retained event: an 84 ms round for 180 events after
+  -- 20 s of writes (measured), growing with retention.
+  where e.id = any(array(select distinct p >> 16 from unnest(p_positions) p))
 $$;
 
 create or replace view outbox.events as

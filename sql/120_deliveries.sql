@@ -54,8 +54,11 @@ begin
       locked_until = now() + make_interval(secs => p_lease_ms / 1000.0),
       locked_by = p_worker,
       updated_at = now()
-    from due
-    where d.id = due.id
+    -- `id = any(array)`, an index condition whatever size the planner believes the table
+    -- has. Joined to `due` instead, the session's generic plan made while deliveries held a
+    -- row or two walked the whole primary key for every claim (measured: 3,001 rows read to
+    -- claim 5).
+    where d.id = any(array(select due.id from due))
     returning d.id, d.attempts, d.event_id, d.event_position
   )
   select c.id, c.attempts, c.event_id, c.event_position, env.payload

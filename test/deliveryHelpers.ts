@@ -2,7 +2,7 @@
  * Helpers shared by the delivery tests (test/delivery.*.test.ts): in-process workers,
  * captured tables, and queries on `outbox.deliveries`.
  */
-import type { Sql } from "postgres";
+import type { ReservedSql, Sql } from "postgres";
 import { createOutbox, type Outbox } from "../src/outbox.js";
 import type { OutboxWorker } from "../src/worker/worker.js";
 import type { TestDatabase } from "./harness.js";
@@ -140,4 +140,27 @@ export async function recordOutcomes(sql: Sql, subscription: string): Promise<()
   return () =>
     sql.unsafe<RecordedOutcome[]>(`
       select id::text, status, attempts, next_attempt_at, last_error, last_status, delivered_at, updated_at from ${table} order by seq`);
+}
+
+/**
+ * One dispatch round on `conn` claiming for `subscription`, with what it did to
+ * outbox._events: sequential scans, and heap rows fetched by index scans. Taken as the
+ * difference around the call: the session's counters may still hold earlier transactions'
+ * counts (PostgreSQL 15 flushes them at most once a second), which made a round seem to
+ * fetch the previous round's 2,000 rows in one run of three.
+ */
+export async function dispatchRoundStats(conn: ReservedSql, subscription: string): Promise<{ events: number; seqScans: number; fetched: number }> {
+  const counters = async () => {
+    const [stat] = await conn<{ seq: number; fetched: number }[]>`
+      select seq_scan::int as seq, idx_tup_fetch::int as fetched
+      from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
+    return { seq: stat?.seq ?? 0, fetched: stat?.fetched ?? 0 };
+  };
+  await conn`begin isolation level repeatable read`;
+  const before = await counters();
+  const [row] = await conn<{ events: number }[]>`
+    select events from outbox._dispatch(2000, 'w', ${"{" + subscription + "}"}::text[], 2000) limit 1`;
+  const after = await counters();
+  await conn`commit`;
+  return { events: row?.events ?? 0, seqScans: after.seq - before.seq, fetched: after.fetched - before.fetched };
 }

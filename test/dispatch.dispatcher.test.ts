@@ -5,11 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
-import type { ReservedSql } from "postgres";
 import { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { NoAnswerError } from "../src/errors.js";
 import { silentLogger } from "../src/logger.js";
-import { capturedTable } from "./deliveryHelpers.js";
+import { capturedTable, dispatchRoundStats } from "./deliveryHelpers.js";
 import { useTestDatabase, waitFor } from "./harness.js";
 
 const dispatchers: Dispatcher[] = [];
@@ -55,62 +54,6 @@ test("a dispatch round without an answer is abandoned: the connection and the ro
   assert.equal(round.events, 1, "dispatched the event written while it was stuck");
   const [{ n }] = await db.sql<{ n: number }[]>`select count(*)::int as n from outbox.deliveries where subscription = 'stuck'`;
   assert.equal(n, 1);
-});
-
-/**
- * One dispatch round on `conn` claiming for `subscription`, with what it did to
- * outbox._events: sequential scans, and heap rows fetched by index scans. Taken as the
- * difference around the call: the session's counters may still hold earlier transactions'
- * counts (PostgreSQL 15 flushes them at most once a second), which made a round seem to
- * fetch the previous round's 2,000 rows in one run of three.
- */
-async function dispatchRoundStats(conn: ReservedSql, subscription: string): Promise<{ events: number; seqScans: number; fetched: number }> {
-  const counters = async () => {
-    const [stat] = await conn<{ seq: number; fetched: number }[]>`
-      select seq_scan::int as seq, idx_tup_fetch::int as fetched
-      from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
-    return { seq: stat?.seq ?? 0, fetched: stat?.fetched ?? 0 };
-  };
-  await conn`begin isolation level repeatable read`;
-  const before = await counters();
-  const [row] = await conn<{ events: number }[]>`
-    select events from outbox._dispatch(2000, 'w', ${"{" + subscription + "}"}::text[], 2000) limit 1`;
-  const after = await counters();
-  await conn`commit`;
-  return { events: row?.events ?? 0, seqScans: after.seq - before.seq, fetched: after.fetched - before.fetched };
-}
-
-test("a dispatch session whose plans were made on an empty events table still reads events by index, not by scanning the table", async () => {
-  await capturedTable(db.sql, "plan_events");
-  await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('plan_sub', 'public.plan_events.*', 'notify', '{"channel": "plan_sub"}')`;
-  const conn = await db.sql.reserve();
-  try {
-    // The session's generic plans are made by its first round, with no event yet.
-    assert.equal((await dispatchRoundStats(conn, "plan_sub")).events, 0);
-    for (let i = 1; i <= 300; i++) await db.sql`insert into plan_events (id) values (${i})`;
-    const later = await dispatchRoundStats(conn, "plan_sub");
-    assert.equal(later.events, 300, "the round read the 300 events written since");
-    assert.equal(later.seqScans, 0, "without scanning outbox._events");
-  } finally {
-    conn.release();
-  }
-});
-
-test("a dispatch round reads the new events and the late ones, not every event dispatched before", async () => {
-  await capturedTable(db.sql, "bounded_events");
-  await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('bounded_sub', 'public.bounded_events.*', 'notify', '{"channel": "bounded_sub"}')`;
-  const conn = await db.sql.reserve();
-  try {
-    assert.equal((await dispatchRoundStats(conn, "bounded_sub")).events, 0, "a first round on an empty table makes the session's plans");
-    for (let i = 1; i <= 500; i++) await db.sql`insert into bounded_events (id) values (${i})`;
-    assert.equal((await dispatchRoundStats(conn, "bounded_sub")).events, 500);
-    await db.sql`insert into bounded_events (id) values (501)`;
-    const next = await dispatchRoundStats(conn, "bounded_sub");
-    assert.equal(next.events, 1, "the round read the one event written since");
-    assert.ok(next.fetched <= 10, `it fetched ${next.fetched} rows of outbox._events (the 500 before it are not read again)`);
-  } finally {
-    conn.release();
-  }
 });
 
 test("guarantee 3: an event whose transaction took its id before a round and its transaction id after is read once it commits", async () => {

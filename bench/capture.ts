@@ -21,6 +21,7 @@ import { promisify } from "node:util";
 import { Logger as GraphileLogger, runMigrations } from "graphile-worker";
 import postgres, { type ReservedSql, type Sql } from "postgres";
 import { createOutbox } from "../src/outbox.js";
+import { workerCpuStart, workerCpuSince } from "./workerCpu.js";
 
 const run = promisify(execFile);
 
@@ -82,6 +83,12 @@ export interface WorkerCaseResult {
   transactions: number;
   /** Events delivered to the handler during the case. */
   delivered: number;
+  /**
+   * Median over the captured rounds with the worker of the CPU the worker used per event,
+   * from the round's start until its last event was delivered, in µs: Node (this process)
+   * and the PostgreSQL backends serving the worker. Null where /proc cannot be read.
+   */
+  workerCpuPerEvent: { node: number; postgres: number } | null;
   pass: boolean;
 }
 
@@ -178,8 +185,10 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
   };
   let transactions = 0;
   const dir = await mkdtemp(join(tmpdir(), "outbox-bench-"));
-  const timed = async (v: "plain" | "captured"): Promise<number> => {
+  const cpu = { node: [] as number[], postgres: [] as number[], readable: true };
+  const timed = async (v: "plain" | "captured", onStart?: () => Promise<void>): Promise<number> => {
     await reset(db);
+    await onStart?.();
     return opts.driver === "pgbench" ? pgbenchTps(opts, dir, v) : nodeTps(opts, v);
   };
   try {
@@ -195,7 +204,10 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
           for (const v of variants) {
             const before = delivered;
             counting = withWorker && v === "captured";
-            const tps = await timed(v);
+            let cpuStart: Awaited<ReturnType<typeof workerCpuStart>>;
+            const tps = await timed(v, async () => {
+              if (worker && v === "captured") cpuStart = await workerCpuStart(sql);
+            });
             counting = false;
             if (worker && v === "captured") {
               const [{ n }] = await sql<{ n: number }[]>`select coalesce(sum(count), 0)::int as n from outbox._events`;
@@ -203,6 +215,11 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
               const deadline = Date.now() + 120_000;
               while (delivered - before < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
               if (delivered - before < n) throw new Error(`the worker delivered ${delivered - before} of ${n} events within 2 minutes`);
+              if (cpuStart && n > 0) {
+                const used = await workerCpuSince(cpuStart);
+                cpu.node.push((used.nodeMs * 1000) / n);
+                cpu.postgres.push((used.postgresMs * 1000) / n);
+              } else cpu.readable = false;
             }
             samples[withWorker ? v : (`${v}Alone` as const)].push(tps);
             opts.log(`  round ${round + 1}/${opts.rounds}  ${withWorker ? "with worker   " : "without worker"}  ${v.padEnd(8)} ${tps.toFixed(0)} tx/s`);
@@ -231,6 +248,7 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
     wakeNotifications: wakes,
     transactions,
     delivered,
+    workerCpuPerEvent: cpu.readable && cpu.node.length > 0 ? { node: median(cpu.node), postgres: median(cpu.postgres) } : null,
     // "Must not drop": within the round-to-round spread of the ratio (about 0.05 here).
     pass: ratio >= ratioWithoutWorker - 0.05,
   };

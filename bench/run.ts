@@ -123,6 +123,14 @@ function printTable(cases: CaseResult[], workerCase: WorkerCaseResult): void {
     `${w.wakeNotifications} wake-up notifications for ${fmt(w.transactions)} captured transactions; ` +
     `goal: no lower than the ratio without a worker in the same rounds (${w.ratioWithoutWorker.toFixed(2)}: ` +
     `${fmt(w.capturedAlone.median)} / ${fmt(w.plainAlone.median)} tx/s) minus 0.05 of noise`);
+  if (w.workerCpuPerEvent) {
+    // What the writers lose on shared cores: the worker's CPU per event against the machine
+    // time one captured transaction took without a worker (all cores, all processes).
+    const { node, postgres } = w.workerCpuPerEvent;
+    console.log(`worker CPU per event: ${fmt(node + postgres)} µs (Node ${fmt(node)}, PostgreSQL ${fmt(postgres)}); ` +
+      `machine time per captured transaction without a worker: ${fmt((cpus().length * 1e6) / w.capturedAlone.median)} µs ` +
+      `(${cpus().length} cores / ${fmt(w.capturedAlone.median)} tx/s)`);
+  }
   const missed = [...cases.filter((c) => !c.pass).map((c) => `${c.label} ${c.ratio.toFixed(2)} < ${c.goal.toFixed(2)}`),
     ...(w.pass ? [] : [`${w.label} ${w.ratio.toFixed(2)} < ${(w.ratioWithoutWorker - 0.05).toFixed(2)}`])];
   console.log(missed.length ? `GOAL MISSED: ${missed.join("; ")}` : "all goals met");

@@ -9,31 +9,41 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { ReservedSql } from "postgres";
 import { capturedTable, dispatchOnce, dispatchRoundStats } from "./deliveryHelpers.js";
-import { createTestDatabase, dropTestDatabase, useTestDatabase } from "./harness.js";
+import { createTestDatabase, dropTestDatabase, type TestDatabase, useTestDatabase } from "./harness.js";
 
 const db = useTestDatabase();
 
-test("envelopes of claimed events are read by index, also when the session's plans were made while outbox._events held one event", async () => {
-  // A database of its own, whose statistics say what (auto)analyze says of a new outbox: one
-  // event on one page. The session's plans are made from that.
+/**
+ * Runs `body` on a database of its own (its statistics must be what the test makes them) with
+ * a captured table `events` and a notify subscription `sub` on it, and one reserved session
+ * for the rounds whose plans the test examines.
+ */
+async function withOwnOutbox(body: (own: TestDatabase, conn: ReservedSql) => Promise<void>): Promise<void> {
   const own = await createTestDatabase();
   const conn = await own.sql.reserve();
   try {
-    await capturedTable(own.sql, "tiny_events");
-    await own.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('tiny_sub', 'public.tiny_events.*', 'notify', '{"channel": "tiny_sub"}')`;
-    await own.sql`insert into tiny_events (id) values (1)`;
-    await own.sql`vacuum analyze outbox._events`;
-    assert.equal((await dispatchRoundStats(conn, "tiny_sub")).events, 1, "a first round claiming one event makes the session's plans");
-    for (let i = 2; i <= 501; i++) await own.sql`insert into tiny_events (id) values (${i})`;
-    assert.equal((await dispatchRoundStats(conn, "tiny_sub")).events, 500);
-    await own.sql`insert into tiny_events (id) values (502)`;
-    const next = await dispatchRoundStats(conn, "tiny_sub");
-    assert.equal(next.events, 1, "the round read and claimed the one event written since");
-    assert.ok(next.fetched <= 10, `it fetched ${next.fetched} rows of outbox._events (the 501 before it are not read again)`);
+    await capturedTable(own.sql, "events");
+    await own.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('sub', 'public.events.*', 'notify', '{"channel": "sub"}')`;
+    await body(own, conn);
   } finally {
     conn.release();
     await dropTestDatabase(own);
   }
+}
+
+test("a dispatch round reads the new events, the late ones and the claimed ones' envelopes, not every event before them, also when the session's plans were made while outbox._events held one event", async () => {
+  await withOwnOutbox(async (own, conn) => {
+    // Statistics that say what (auto)analyze says of a new outbox: one event on one page.
+    await own.sql`insert into events (id) values (1)`;
+    await own.sql`vacuum analyze outbox._events`;
+    assert.equal((await dispatchRoundStats(conn, "sub")).events, 1, "a first round claiming one event makes the session's plans");
+    for (let i = 2; i <= 501; i++) await own.sql`insert into events (id) values (${i})`;
+    assert.equal((await dispatchRoundStats(conn, "sub")).events, 500);
+    await own.sql`insert into events (id) values (502)`;
+    const next = await dispatchRoundStats(conn, "sub");
+    assert.equal(next.events, 1, "the round read and claimed the one event written since");
+    assert.ok(next.fetched <= 10, `it fetched ${next.fetched} rows of outbox._events (the 501 before it are not read again)`);
+  });
 });
 
 /** One claim of up to `limit` deliveries on `conn`, with the rows of outbox.deliveries its index scans fetched. */
@@ -52,24 +62,17 @@ async function claimStats(conn: ReservedSql, subscription: string, limit: number
 }
 
 test("a claim reads the deliveries it takes, also when the session's plans were made while outbox.deliveries held one row", async () => {
-  const own = await createTestDatabase();
-  const conn = await own.sql.reserve();
-  try {
-    await capturedTable(own.sql, "backlog_events");
-    await own.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('backlog_sub', 'public.backlog_events.*', 'notify', '{"channel": "backlog_sub"}')`;
-    await own.sql`insert into backlog_events (id) values (1)`;
+  await withOwnOutbox(async (own, conn) => {
+    await own.sql`insert into events (id) values (1)`;
     await dispatchOnce(own.sql);
     await own.sql`vacuum analyze outbox.deliveries`;
-    assert.equal((await claimStats(conn, "backlog_sub", 100)).claimed, 1, "a first claim of one delivery makes the session's plans");
-    await own.sql`insert into backlog_events (id) select g from generate_series(2, 501) g`;
+    assert.equal((await claimStats(conn, "sub", 100)).claimed, 1, "a first claim of one delivery makes the session's plans");
+    await own.sql`insert into events (id) select g from generate_series(2, 501) g`;
     await dispatchOnce(own.sql);
-    const next = await claimStats(conn, "backlog_sub", 5);
+    const next = await claimStats(conn, "sub", 5);
     assert.equal(next.claimed, 5);
     assert.ok(next.fetched <= 20, `it fetched ${next.fetched} rows of outbox.deliveries to claim 5 of 500`);
-  } finally {
-    conn.release();
-    await dropTestDatabase(own);
-  }
+  });
 });
 
 test("a dispatch session whose plans were made on an empty events table still reads events by index, not by scanning the table", async () => {
@@ -83,23 +86,6 @@ test("a dispatch session whose plans were made on an empty events table still re
     const later = await dispatchRoundStats(conn, "plan_sub");
     assert.equal(later.events, 300, "the round read the 300 events written since");
     assert.equal(later.seqScans, 0, "without scanning outbox._events");
-  } finally {
-    conn.release();
-  }
-});
-
-test("a dispatch round reads the new events and the late ones, not every event dispatched before", async () => {
-  await capturedTable(db.sql, "bounded_events");
-  await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('bounded_sub', 'public.bounded_events.*', 'notify', '{"channel": "bounded_sub"}')`;
-  const conn = await db.sql.reserve();
-  try {
-    assert.equal((await dispatchRoundStats(conn, "bounded_sub")).events, 0, "a first round on an empty table makes the session's plans");
-    for (let i = 1; i <= 500; i++) await db.sql`insert into bounded_events (id) values (${i})`;
-    assert.equal((await dispatchRoundStats(conn, "bounded_sub")).events, 500);
-    await db.sql`insert into bounded_events (id) values (501)`;
-    const next = await dispatchRoundStats(conn, "bounded_sub");
-    assert.equal(next.events, 1, "the round read the one event written since");
-    assert.ok(next.fetched <= 10, `it fetched ${next.fetched} rows of outbox._events (the 500 before it are not read again)`);
   } finally {
     conn.release();
   }

@@ -24,8 +24,11 @@ const TICK_MS = 10;
 
 async function ticks(pid: number): Promise<number | undefined> {
   try {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+    // A server on another machine: this pid, if it exists here, is some other process.
+    if (!stat.startsWith(`${pid} (postgres)`)) return undefined;
     // Fields after the command name (which may hold spaces): utime and stime are 12th and 13th.
-    const fields = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1]!.split(" ");
+    const fields = stat.split(") ")[1]!.split(" ");
     return Number(fields[11]) + Number(fields[12]);
   } catch {
     return undefined;
@@ -51,7 +54,7 @@ export async function workerCpuStart(sql: Sql): Promise<Start | undefined> {
   return { node: process.cpuUsage(), backends };
 }
 
-/** CPU used since `start`; a backend that ended meanwhile counts up to its last reading. */
+/** CPU used since `start`; a backend that ended meanwhile (a renewed connection) is left out. */
 export async function workerCpuSince(start: Start): Promise<WorkerCpu> {
   const node = process.cpuUsage(start.node);
   let backendTicks = 0;

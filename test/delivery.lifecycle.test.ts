@@ -5,7 +5,7 @@ import { deliveryCompleteBatch } from "../src/db/deliveries.js";
 import { NonRetryableError } from "../src/transports/handler.js";
 import type { OutboxEvent } from "../src/transports/transport.js";
 import { useTestDatabase, waitFor } from "./harness.js";
-import { capturedTable, deliveriesOf, dispatchOnce, startOutbox, statusCounts } from "./deliveryHelpers.js";
+import { capturedTable, deliveriesOf, dispatchOnce, startOutbox, statusCounts, xactTableCounters } from "./deliveryHelpers.js";
 
 const db = useTestDatabase();
 
@@ -324,19 +324,14 @@ test("one outcome batch records mixed outcomes, and reads only its own deliverie
     const ids = await db.sql<{ id: string; pos: string }[]>`
       select id::text, event_position::text as pos from outbox.deliveries where subscription = 'l11_sub' and event_position <= 5 order by event_position`;
     const [one, two, three, four, five] = ids.map((r) => r.id) as [string, string, string, string, string];
-    // Rows fetched by index scans, as a difference within the transaction (the counters may
-    // still hold earlier transactions' counts: PostgreSQL 15 flushes them at most once a second).
-    const fetchedSoFar = async () =>
-      (await conn<{ fetched: number }[]>`
-        select idx_tup_fetch::int as fetched from pg_stat_xact_user_tables where relid = 'outbox.deliveries'::regclass`)[0]?.fetched ?? 0;
     await conn`begin`;
-    const fetchedBefore = await fetchedSoFar();
+    const before = await xactTableCounters(conn, "outbox.deliveries");
     const [{ n }] = await conn<{ n: number }[]>`
       select outbox._delivery_complete('w',
         ${"{" + [one, two, three, four, five].join(",") + "}"}::bigint[],
         '{delivered,retry,retry,dead,retry}', '{null,"HTTP 500: down","slow down","HTTP 400: bad",boom}',
         '{200,500,429,400,null}', '{null,null,30000,null,null}') as n`;
-    const fetched = (await fetchedSoFar()) - fetchedBefore;
+    const fetched = (await xactTableCounters(conn, "outbox.deliveries")).fetched - before.fetched;
     await conn`commit`;
     assert.equal(n, 5);
     assert.ok(fetched <= 50, `the batch read ${fetched} rows of outbox.deliveries for 5 outcomes, not the 2,000 held`);

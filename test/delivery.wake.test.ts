@@ -114,3 +114,23 @@ test("without the poll, a worker that is not the dispatcher gets its deliveries 
     await a.stop();
   }
 });
+
+test("without the poll, the dispatching worker claims the deliveries its dispatch left for claiming (an ordered subscription): lone writes", async () => {
+  await capturedTable(db.sql, "wk3");
+  const delivered: number[] = [];
+  const w = await startOutbox(
+    db,
+    (o) => o.handle("wk3_ordered", "public.wk3.*", (event) => void delivered.push(idOf(event)), { ordered: true }),
+    { pollIntervalMs: 60_000, leaseMs: 2000 },
+  );
+  try {
+    await waitFor(async () => (await db.sql`select from outbox._workers where id = ${w.worker.id} and idle_until > now()`).length === 1, "the worker to mark itself idle");
+    for (let id = 1; id <= 3; id++) {
+      await db.sql`insert into wk3 (id) values (${id})`;
+      await waitFor(async () => delivered.includes(id), `lone write ${id} to be delivered`, 3000);
+    }
+    assert.deepEqual(delivered, [1, 2, 3]);
+  } finally {
+    await w.stop();
+  }
+});

@@ -143,24 +143,26 @@ export async function recordOutcomes(sql: Sql, subscription: string): Promise<()
 }
 
 /**
- * One dispatch round on `conn` claiming for `subscription`, with what it did to
- * outbox._events: sequential scans, and heap rows fetched by index scans. Taken as the
- * difference around the call: the session's counters may still hold earlier transactions'
- * counts (PostgreSQL 15 flushes them at most once a second), which made a round seem to
- * fetch the previous round's 2,000 rows in one run of three.
+ * Counters of `relation` in the current transaction on `conn`: sequential scans, and heap
+ * rows fetched by index scans. Compare two readings taken within one transaction: the
+ * session's counters may still hold earlier transactions' counts (PostgreSQL 15 flushes them
+ * at most once a second), which made a round seem to fetch the previous round's 2,000 rows in
+ * one run of three.
  */
+export async function xactTableCounters(conn: ReservedSql, relation: string): Promise<{ seqScans: number; fetched: number }> {
+  const [stat] = await conn<{ seq: number; fetched: number }[]>`
+    select seq_scan::int as seq, idx_tup_fetch::int as fetched
+    from pg_stat_xact_user_tables where relid = ${relation}::regclass`;
+  return { seqScans: stat?.seq ?? 0, fetched: stat?.fetched ?? 0 };
+}
+
+/** One dispatch round on `conn` claiming for `subscription`, with what it did to outbox._events (see {@link xactTableCounters}). */
 export async function dispatchRoundStats(conn: ReservedSql, subscription: string): Promise<{ events: number; seqScans: number; fetched: number }> {
-  const counters = async () => {
-    const [stat] = await conn<{ seq: number; fetched: number }[]>`
-      select seq_scan::int as seq, idx_tup_fetch::int as fetched
-      from pg_stat_xact_user_tables where relid = 'outbox._events'::regclass`;
-    return { seq: stat?.seq ?? 0, fetched: stat?.fetched ?? 0 };
-  };
   await conn`begin isolation level repeatable read`;
-  const before = await counters();
+  const before = await xactTableCounters(conn, "outbox._events");
   const [row] = await conn<{ events: number }[]>`
     select events from outbox._dispatch(2000, 'w', ${"{" + subscription + "}"}::text[], 2000) limit 1`;
-  const after = await counters();
+  const after = await xactTableCounters(conn, "outbox._events");
   await conn`commit`;
-  return { events: row?.events ?? 0, seqScans: after.seq - before.seq, fetched: after.fetched - before.fetched };
+  return { events: row?.events ?? 0, seqScans: after.seqScans - before.seqScans, fetched: after.fetched - before.fetched };
 }

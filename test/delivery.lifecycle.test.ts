@@ -354,3 +354,32 @@ test("one outcome batch records mixed outcomes, and reads only its own deliverie
     conn.release();
   }
 });
+
+test("two workers claiming at once from one backlog take disjoint deliveries, neither waiting for the other (SKIP LOCKED)", async () => {
+  await capturedTable(db.sql, "l12");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind) values ('l12_sub', 'public.l12.*', 'handler')`;
+  await db.sql`insert into l12 (id) select g from generate_series(1, 100) g`;
+  await dispatchOnce(db.sql);
+  const a = await db.sql.reserve();
+  const b = await db.sql.reserve();
+  try {
+    // A's claim stays uncommitted, its rows locked, while B claims.
+    await a`begin`;
+    const byA = await a<{ id: string }[]>`select id::text from outbox._delivery_claim('worker-a', 'l12_sub', 60, 60000)`;
+    await b`begin`;
+    await b`set local lock_timeout = '2s'`; // waiting on A's rows would fail here rather than hang
+    const byB = await b<{ id: string }[]>`select id::text from outbox._delivery_claim('worker-b', 'l12_sub', 100, 60000)`;
+    await b`commit`;
+    await a`commit`;
+    assert.equal(byA.length, 60);
+    assert.equal(byB.length, 40, "B took the rest, skipping A's locked rows");
+    const both = new Set([...byA, ...byB].map((r) => r.id));
+    assert.equal(both.size, 100, "no delivery claimed twice");
+    assert.deepEqual(await statusCounts(db.sql, "l12_sub"), { delivering: 100 });
+  } finally {
+    for (const c of [a, b]) {
+      await c`rollback`.catch(() => undefined);
+      c.release();
+    }
+  }
+});

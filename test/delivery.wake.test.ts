@@ -13,6 +13,26 @@ const WRITERS = 4;
 /** Writes counted after the worker said it is busy. */
 const STREAM_WRITES = 1200;
 
+/** {@link WRITERS} writers inserting ids 1, 2, 3 … into `table` until stopped. */
+function startStream(table: string): { readonly writes: number; stop: () => Promise<void> } {
+  let writes = 0;
+  let stopped = false;
+  const writers = Array.from({ length: WRITERS }, async () => {
+    while (!stopped) {
+      await db.sql`insert into ${db.sql(table)} (id) values (${++writes})`;
+    }
+  });
+  return {
+    get writes() {
+      return writes;
+    },
+    stop: async () => {
+      stopped = true;
+      await Promise.all(writers);
+    },
+  };
+}
+
 test("under a steady stream of writes a busy worker is not notified on every write; once idle again, one write notifies", async () => {
   await capturedTable(db.sql, "wk1");
   const delivered = new Set<number>();
@@ -34,15 +54,7 @@ test("under a steady stream of writes a busy worker is not notified on every wri
   try {
     await waitFor(workerIdle, "the started worker to mark itself idle");
 
-    let writes = 0;
-    let stop = false;
-    let nextId = 0;
-    const writers = Array.from({ length: WRITERS }, async () => {
-      while (!stop) {
-        await db.sql`insert into wk1 (id) values (${++nextId})`;
-        writes++;
-      }
-    });
+    const stream = startStream("wk1");
     try {
       // Under the stream the worker's rounds keep finding new events, and after two such
       // rounds in a row it clears its idle mark. Counting starts there: the writes before it,
@@ -52,11 +64,10 @@ test("under a steady stream of writes a busy worker is not notified on every wri
         "the worker to mark itself busy under the stream",
       );
       const notifiedBefore = await drainNotifications();
-      const writesBefore = writes;
-      await waitFor(async () => writes >= writesBefore + STREAM_WRITES, `${STREAM_WRITES} more writes`, 60_000);
-      stop = true;
-      await Promise.all(writers);
-      const streamWrites = writes - writesBefore;
+      const writesBefore = stream.writes;
+      await waitFor(async () => stream.writes >= writesBefore + STREAM_WRITES, `${STREAM_WRITES} more writes`, 60_000);
+      await stream.stop();
+      const streamWrites = stream.writes - writesBefore;
       const notified = (await drainNotifications()) - notifiedBefore;
       // A writer notifies only while an idle mark is live. The worker sets one again only
       // after a round that found no new event (a pause in the stream longer than a round),
@@ -68,17 +79,18 @@ test("under a steady stream of writes a busy worker is not notified on every wri
         `a busy worker is not notified on every write: ${notified} notifications for ${streamWrites} writes`,
       );
     } finally {
-      stop = true;
-      await Promise.all(writers);
+      await stream.stop();
     }
+    const writes = stream.writes;
     await waitFor(async () => delivered.size === writes, `all ${writes} writes delivered`, 60_000);
 
     await waitFor(workerIdle, "the worker to mark itself idle again after the stream");
     const notifiedIdle = await drainNotifications();
-    await db.sql`insert into wk1 (id) values (${++nextId})`;
+    const lone = writes + 1;
+    await db.sql`insert into wk1 (id) values (${lone})`;
     assert.equal((await drainNotifications()) - notifiedIdle, 1, "a single write to an idle worker notifies it");
-    await waitFor(async () => delivered.has(nextId), "the single write delivered");
-    await waitFor(async () => (await statusCounts(db.sql, "wk1_h")).delivered === nextId, "every delivery recorded");
+    await waitFor(async () => delivered.has(lone), "the single write delivered");
+    await waitFor(async () => (await statusCounts(db.sql, "wk1_h")).delivered === lone, "every delivery recorded");
   } finally {
     await listener.unlisten();
     await w.stop();
@@ -130,6 +142,77 @@ test("without the poll, the dispatching worker claims the deliveries its dispatc
       await waitFor(async () => delivered.includes(id), `lone write ${id} to be delivered`, 3000);
     }
     assert.deepEqual(delivered, [1, 2, 3]);
+  } finally {
+    await w.stop();
+  }
+});
+
+test("without the poll, a write whose trigger found the worker busy and that commits after the worker went idle and read for the last time is delivered", async () => {
+  await capturedTable(db.sql, "wk4");
+  const delivered = new Set<number>();
+  const w = await startOutbox(db, (o) => o.handle("wk4_h", "public.wk4.*", (event) => void delivered.add(idOf(event))), {
+    pollIntervalMs: 60_000,
+    leaseMs: 2000,
+  });
+  const mark = (conn: typeof db.sql) =>
+    conn<{ heartbeatAt: Date; idle: boolean }[]>`
+      select heartbeat_at as "heartbeatAt", idle_until is not null as idle from outbox._workers where id = ${w.worker.id}`;
+  const late = await db.sql.reserve();
+  try {
+    await waitFor(async () => (await mark(db.sql))[0]?.idle, "the started worker to mark itself idle");
+    const stream = startStream("wk4");
+    try {
+      await waitFor(async () => !(await mark(db.sql))[0]?.idle, "the worker to mark itself busy under the stream");
+      // The late writer's trigger must find no idle mark, so that its commit sends no wake-up.
+      // Each write of the mark also moves heartbeat_at: the same busy row before and after the
+      // insert means the trigger, which ran between them, found the worker busy.
+      let raced = false;
+      for (let attempt = 0; attempt < 20 && !raced; attempt++) {
+        await late`begin`;
+        const [before] = await mark(late);
+        await late`insert into wk4 (id) values (${-1})`;
+        const [after] = await mark(late);
+        raced = !before!.idle && !after!.idle && before!.heartbeatAt.getTime() === after!.heartbeatAt.getTime();
+        if (!raced) await late`rollback`;
+      }
+      assert.ok(raced, "the late writer's insert ran while the worker was marked busy");
+    } finally {
+      await stream.stop();
+    }
+    await waitFor(async () => delivered.size === stream.writes, "the stream delivered");
+    // The worker marks itself idle, then reads once more: wait for that read to end (a
+    // dispatcher round that finished after the mark was written) before the late commit.
+    await waitFor(async () => {
+      const [m] = await mark(db.sql);
+      if (!m?.idle) return false;
+      const rounds = await db.sql`
+        select from pg_stat_activity
+        where datname = current_database() and application_name = 'pg-outbox dispatcher'
+          and state = 'idle' and state_change > ${m.heartbeatAt}`;
+      return rounds.length === 1;
+    }, "the worker to mark itself idle and read once more");
+    await late`commit`;
+    await waitFor(async () => delivered.has(-1), "the late write to be delivered", 3000);
+  } finally {
+    late.release();
+    await w.stop();
+  }
+});
+
+test("with a poll slower than the idle mark's lifetime, an idle worker keeps its mark live", async () => {
+  const w = await startOutbox(db, () => undefined, { pollIntervalMs: 60_000, leaseMs: 2000, idleTtlMs: 1000 });
+  const idleUntil = async () =>
+    (await db.sql<{ at: Date | null }[]>`select idle_until as at from outbox._workers where id = ${w.worker.id}`)[0]?.at ?? null;
+  try {
+    const first = await waitFor(idleUntil, "the started worker to mark itself idle");
+    // Past the first mark's lapse (a second after it was written), the worker is still marked idle.
+    const [state] = await waitFor(async () => {
+      const rows = await db.sql<{ pastFirst: boolean; live: boolean }[]>`
+        select now() > ${first} as "pastFirst", coalesce(idle_until > now(), false) as live
+        from outbox._workers where id = ${w.worker.id}`;
+      return rows[0]?.pastFirst ? rows : null;
+    }, "the first idle mark to lapse", 3000);
+    assert.ok(state!.live, "the idle mark was refreshed before it lapsed");
   } finally {
     await w.stop();
   }

@@ -1,7 +1,7 @@
 import type { PendingQuery, Row, Sql } from "postgres";
 
 /** Element types {@link arrayParam} builds arrays of. */
-export type ArrayParamType = "text" | "int" | "bigint";
+export type ArrayParamType = "text" | "int" | "bigint" | "xid8";
 
 /**
  * A JS array as a PostgreSQL array in a query: `${arrayParam(sql, ids, "bigint")}` is a

@@ -26,3 +26,17 @@ export async function workerIdleSet(sql: Sql, id: string, ttlMs: number | null):
 export async function workerRemove(sql: Sql, id: string): Promise<void> {
   await sql`delete from outbox._workers where id = ${id} or heartbeat_at < now() - interval '1 hour'`;
 }
+
+/**
+ * Transactions in flight (cluster-wide, as xid8 text): with `among` unset, those of a
+ * snapshot taken now; otherwise those of `among` that are still running. The worker follows
+ * the transactions in flight when its idle mark committed (src/worker/lateWriterWatch.ts).
+ */
+export async function transactionsInFlight(sql: Sql, among?: readonly string[]): Promise<string[]> {
+  const rows = among
+    ? await sql<{ xid: string }[]>`
+        select x::text as xid from unnest(${arrayParam(sql, among, "xid8")}) x
+        where pg_xact_status(x) = 'in progress'`
+    : await sql<{ xid: string }[]>`select x::text as xid from pg_snapshot_xip(pg_current_snapshot()) x`;
+  return rows.map((r) => r.xid);
+}

@@ -80,6 +80,11 @@ export class Dispatcher {
     );
   }
 
+  /** Whether this process holds the dispatcher role (as of its last round). */
+  get isDispatcher(): boolean {
+    return this.holding;
+  }
+
   private get client(): Sql {
     return this.connection.sql;
   }

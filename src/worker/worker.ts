@@ -18,6 +18,7 @@ import { WebhookTransport, type WebhookTransportOptions } from "../transports/we
 import { renewingClient } from "../db/renewingClient.js";
 import { ANSWER_WITHIN_MS, settleWithin } from "../db/settleWithin.js";
 import { graphileLogger } from "./graphileLogger.js";
+import { LateWriterWatch } from "./lateWriterWatch.js";
 import { workerClientOptions } from "./workerClientOptions.js";
 
 /** A round with fewer events than this is followed by `busyWaitMs` of gathering. */
@@ -132,10 +133,21 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
   let lastRecoverAt = 0;
   let errorsInRow = 0;
   let idleWrite: Promise<void> = Promise.resolve();
+  // Writers that asked for an idle worker before this one said it was idle, and commit after
+  // its last read: a read when they end (see lateWriterWatch.ts).
+  const lateWriters = new LateWriterWatch({
+    sql,
+    pollIntervalMs: options.pollIntervalMs,
+    onEnded: () => {
+      if (idle) void tick();
+    },
+    logger,
+  });
 
   const setIdle = (value: boolean) => {
     const now = Date.now();
     if (value === idle && (!value || now - idleRefreshedAt < options.idleTtlMs / 3)) return;
+    if (!value) lateWriters.stop();
     idle = value;
     if (value) idleRefreshedAt = now;
     // Serialized so that a late "busy" never overtakes an "idle" written after it.
@@ -207,6 +219,9 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
         if (!idle) {
           setIdle(true);
           await idleWrite;
+          // Only the dispatcher reads events; other workers hear of their deliveries from its
+          // rounds. Before the read: a writer that commits between the two is seen by neither.
+          if (dispatcher.isDispatcher) await lateWriters.start();
           // Read and claim once more: deliveries another dispatcher wrote before the mark was
           // visible did not wake this worker.
           deliverer.requestClaims();
@@ -256,8 +271,12 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     crontab: "* * * * * outbox_maintain ?max=1&jobKey=outbox_maintain",
   });
 
+  // Its own timer, not the poll's: with a poll slower than the mark's lifetime the mark would
+  // lapse, and writes stop waking this worker.
+  const idleRefresh = setInterval(() => {
+    if (idle) setIdle(true);
+  }, options.idleTtlMs / 4);
   const poll = setInterval(() => {
-    if (idle) setIdle(true); // refresh the idle mark before it expires
     void reloadSubscriptions().catch(() => undefined);
     wake(); // the safety net: retries that came due, and anything a lost wake-up left
   }, options.pollIntervalMs);
@@ -271,6 +290,8 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     (stopPromise ??= (async () => {
       stopping = true;
       clearInterval(poll);
+      clearInterval(idleRefresh);
+      lateWriters.stop();
       // A round still running may yet hand over deliveries it claimed: wait for it first.
       await ticking;
       const drained = await deliverer.drain(options.drainTimeoutMs);

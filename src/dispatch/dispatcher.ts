@@ -38,6 +38,7 @@ export interface DispatcherOptions {
 export class Dispatcher {
   private readonly connection: RenewingClient;
   private holding = false;
+  private rounds = 0;
   private closed = closedSignal();
   private readonly maxEvents: number;
   private readonly answerWithinMs: number;
@@ -80,6 +81,11 @@ export class Dispatcher {
     );
   }
 
+  /** Dispatch rounds run by this process so far (each a statement, whatever it found). */
+  get roundsRun(): number {
+    return this.rounds;
+  }
+
   /** Whether this process holds the dispatcher role (as of its last round). */
   get isDispatcher(): boolean {
     return this.holding;
@@ -109,6 +115,7 @@ export class Dispatcher {
       }
       for (let round = 0; round < maxRounds; round++) {
         const result = await this.guarded(dispatchRoundRun(this.client, this.maxEvents, claim?.()));
+        this.rounds++;
         total.events += result.events;
         total.deliveries += result.deliveries;
         total.lastId = result.lastId;

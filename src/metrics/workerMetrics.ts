@@ -1,6 +1,6 @@
 /**
  * A worker's Prometheus metrics. Counters and the latency histogram are fed by the worker as
- * it dispatches and delivers ({@link WorkerMetrics.eventsDispatched},
+ * it dispatches and delivers ({@link WorkerMetrics.dispatchRan},
  * {@link WorkerMetrics.attemptFinished}); backlog and lag gauges are read from the database
  * at each scrape, so every worker reports the same database-wide values (aggregate them with
  * `max`, not `sum`).
@@ -23,6 +23,7 @@ export class WorkerMetrics {
   /** The registry `/metrics` renders. */
   readonly registry = new Registry();
   private readonly dispatched: Counter;
+  private readonly rounds: Counter;
   private readonly deliveries: Counter<"subscription" | "outcome">;
   private readonly latency: Histogram<"subscription">;
 
@@ -37,6 +38,11 @@ export class WorkerMetrics {
     this.dispatched = new Counter({
       name: "outbox_events_dispatched_total",
       help: "Events this worker dispatched (matched to subscriptions and written as deliveries).",
+      registers: [registry],
+    });
+    this.rounds = new Counter({
+      name: "outbox_dispatch_rounds_total",
+      help: "Dispatch rounds this worker ran, those that found no event included: the fixed cost that batching spreads over events.",
       registers: [registry],
     });
     this.deliveries = new Counter({
@@ -106,9 +112,10 @@ export class WorkerMetrics {
     });
   }
 
-  /** Called after each dispatch round with the number of events it read. */
-  eventsDispatched(count: number): void {
-    if (count > 0) this.dispatched.inc(count);
+  /** Called after dispatching with the number of rounds run and the events they read. */
+  dispatchRan(rounds: number, events: number): void {
+    if (rounds > 0) this.rounds.inc(rounds);
+    if (events > 0) this.dispatched.inc(events);
   }
 
   /**

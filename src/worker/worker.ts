@@ -121,13 +121,17 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     // Recorded outcomes can free capacity, unblock an ordered key or leave a retry: claim
     // then. Otherwise they make nothing new claimable, and a round would only cost.
     onSettled: () => {
-      if (deliverer.claimsRequested) void tick();
+      if (deliverer.claimsRequested) void tick(false);
     },
   });
 
   let stopping = false;
   let ticking: Promise<void> | undefined;
   let again = false;
+  // Whether the next round reads events. Claims alone (an outcome recorded, a 'deliver'
+  // wake-up, a claim that found work) cost one small query per subscription; a dispatch round
+  // costs several times that, and only writes, polls and the worker's own stream need one.
+  let dispatchWanted = false;
   let idle = false;
   let idleRefreshedAt = 0;
   let lastRecoverAt = 0;
@@ -164,8 +168,9 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
   // Reads until a round finds nothing, then marks the worker idle and reads once more: a
   // write that committed before the mark was visible did not notify, and must not wait for
   // the poll. A busy worker is never notified; it finds new work by reading.
-  const tick = (): Promise<void> => {
+  const tick = (dispatch = true): Promise<void> => {
     if (stopping) return Promise.resolve();
+    if (dispatch) dispatchWanted = true;
     if (ticking) {
       again = true;
       return ticking;
@@ -184,12 +189,17 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     try {
       for (;;) {
         again = false;
-        const round = await dispatcher.runUntilCaughtUp(
-          () => deliverer.dispatchClaimRequest(),
-          (r) => deliverer.startClaimed(r.claimed),
-        );
+        const dispatching = dispatchWanted;
+        dispatchWanted = false;
+        const roundsBefore = dispatcher.roundsRun;
+        const round = dispatching
+          ? await dispatcher.runUntilCaughtUp(
+              () => deliverer.dispatchClaimRequest(),
+              (r) => deliverer.startClaimed(r.claimed),
+            )
+          : null;
         const events = round?.events ?? 0;
-        http?.metrics.eventsDispatched(events);
+        http?.metrics.dispatchRan(dispatcher.roundsRun - roundsBefore, events);
         // Deliveries dispatch wrote without claiming them for this worker: someone must claim them.
         if (round && round.deliveries > round.claimed.length) deliverer.requestClaims();
         const claimed = await deliverer.pumpAll();
@@ -213,6 +223,9 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
           // notifies (setting `again`): reading again only to find nothing would double the
           // cost of a lone write's round.
           if (idle && !again && !deliverer.claimsRequested && events < SMALL_ROUND) break;
+          // A busy worker, or a large round: more events may be waiting, so read again. An idle
+          // worker is woken by those (as above), and only claims again, without a dispatch round.
+          if (events > 0 && (!idle || events >= SMALL_ROUND)) dispatchWanted = true;
           continue;
         }
         if (again) continue;
@@ -225,6 +238,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
           // Read and claim once more: deliveries another dispatcher wrote before the mark was
           // visible did not wake this worker.
           deliverer.requestClaims();
+          dispatchWanted = true;
           continue;
         }
         break;
@@ -236,9 +250,8 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
       setTimeout(() => void tick(), Math.min(5000, 100 * 2 ** errorsInRow)).unref();
     }
   };
-  // A wake-up, a poll or an outside request: dispatch, and claim whatever may be due.
-  // (Recorded outcomes only call tick: they make nothing claimable that the deliverer does
-  // not already know of.)
+  // A poll or an outside request: dispatch, and claim whatever may be due. (Recorded outcomes
+  // only claim for the subscriptions they may unblock: see the deliverer's onSettled.)
   const wake = () => {
     deliverer.requestClaims();
     void tick();
@@ -246,9 +259,15 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
 
   await workerRegister(sql, id, options.handlers.names());
   await reloadSubscriptions();
-  // 'deliver' (dispatch left deliveries for other workers, redeliver, replay): claim. A plain
-  // wake-up comes from a write: the dispatcher reads, and hands this worker what it claims.
-  await client.listen("outbox_wake", (payload) => (payload === "deliver" ? wake() : void tick()));
+  // 'deliver' (dispatch left deliveries for other workers, redeliver, replay): claim, without
+  // reading events (which that dispatch just did, and which a write's own wake-up asks for).
+  // A plain wake-up comes from a write: the dispatcher reads, and hands this worker what it
+  // claims.
+  await client.listen("outbox_wake", (payload) => {
+    if (payload !== "deliver") return void tick();
+    deliverer.requestClaims();
+    void tick(false);
+  });
   await client.listen("outbox_subscriptions", () => {
     void reloadSubscriptions().then(wake, (error) => logger.error({ err: error }, "could not reload subscriptions"));
   });

@@ -5,7 +5,7 @@ import { deliveryCompleteBatch } from "../src/db/deliveries.js";
 import { NonRetryableError } from "../src/transports/handler.js";
 import type { OutboxEvent } from "../src/transports/transport.js";
 import { useTestDatabase, waitFor } from "./harness.js";
-import { capturedTable, deliveriesOf, dispatchOnce, startOutbox, statusCounts, xactTableCounters } from "./deliveryHelpers.js";
+import { capturedTable, deliveriesOf, dispatchOnce, startOutbox, statusCounts, xactTableWork } from "./deliveryHelpers.js";
 
 const db = useTestDatabase();
 
@@ -324,15 +324,12 @@ test("one outcome batch records mixed outcomes, and reads only its own deliverie
     const ids = await db.sql<{ id: string; pos: string }[]>`
       select id::text, event_position::text as pos from outbox.deliveries where subscription = 'l11_sub' and event_position <= 5 order by event_position`;
     const [one, two, three, four, five] = ids.map((r) => r.id) as [string, string, string, string, string];
-    await conn`begin`;
-    const before = await xactTableCounters(conn, "outbox.deliveries");
-    const [{ n }] = await conn<{ n: number }[]>`
-      select outbox._delivery_complete('w',
-        ${"{" + [one, two, three, four, five].join(",") + "}"}::bigint[],
-        '{delivered,retry,retry,dead,retry}', '{null,"HTTP 500: down","slow down","HTTP 400: bad",boom}',
-        '{200,500,429,400,null}', '{null,null,30000,null,null}') as n`;
-    const fetched = (await xactTableCounters(conn, "outbox.deliveries")).fetched - before.fetched;
-    await conn`commit`;
+    const { result: n, fetched } = await xactTableWork(conn, "outbox.deliveries", async () =>
+      (await conn<{ n: number }[]>`
+        select outbox._delivery_complete('w',
+          ${"{" + [one, two, three, four, five].join(",") + "}"}::bigint[],
+          '{delivered,retry,retry,dead,retry}', '{null,"HTTP 500: down","slow down","HTTP 400: bad",boom}',
+          '{200,500,429,400,null}', '{null,null,30000,null,null}') as n`)[0]!.n);
     assert.equal(n, 5);
     assert.ok(fetched <= 50, `the batch read ${fetched} rows of outbox.deliveries for 5 outcomes, not the 2,000 held`);
     const rows = await db.sql<{ id: string; status: string; last_error: string | null; last_status: number | null; wait_s: number | null; delivered: boolean; locked_by: string | null }[]>`

@@ -4,7 +4,7 @@ import { pino } from "pino";
 import { createOutbox } from "../src/outbox.js";
 import type { OutboxEvent } from "../src/transports/transport.js";
 import { useTestDatabase, waitFor } from "./harness.js";
-import { capturedTable, deliveriesOf, hastenRetries, startOutbox, statusCounts, testWorkerOptions } from "./deliveryHelpers.js";
+import { capturedTable, deliveriesOf, hastenRetries, startOutbox, statusCounts, testWorkerOptions, workerMarkedIdle } from "./deliveryHelpers.js";
 
 const db = useTestDatabase();
 
@@ -185,7 +185,7 @@ test("a subscription whose claim raises in every round does not hold up a health
   const worker = await outbox.start();
   try {
     await waitFor(
-      async () => (await db.sql`select from outbox._workers where id = ${worker.id} and idle_until > now()`).length === 1,
+      () => workerMarkedIdle(db.sql, worker.id),
       "the worker to finish a round and mark itself idle although o4_broken's claim raises in every round",
     );
     for (const id of [1, 2, 3]) {

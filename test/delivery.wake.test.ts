@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { OutboxEvent } from "../src/transports/transport.js";
 import { useTestDatabase, waitFor } from "./harness.js";
-import { capturedTable, startOutbox, statusCounts } from "./deliveryHelpers.js";
+import { capturedTable, startOutbox, statusCounts, workerMarkedIdle } from "./deliveryHelpers.js";
 
 const db = useTestDatabase();
 
@@ -49,8 +49,7 @@ test("under a steady stream of writes a busy worker is not notified on every wri
     await waitFor(async () => received.includes(sentinel), `notification ${sentinel}`);
     return received.filter((p) => !p.startsWith("sentinel-")).length;
   };
-  const workerIdle = async () =>
-    (await db.sql`select from outbox._workers where id = ${w.worker.id} and idle_until > now()`).length === 1;
+  const workerIdle = () => workerMarkedIdle(db.sql, w.worker.id);
   try {
     await waitFor(workerIdle, "the started worker to mark itself idle");
 
@@ -136,7 +135,7 @@ test("without the poll, the dispatching worker claims the deliveries its dispatc
     { pollIntervalMs: 60_000, leaseMs: 2000 },
   );
   try {
-    await waitFor(async () => (await db.sql`select from outbox._workers where id = ${w.worker.id} and idle_until > now()`).length === 1, "the worker to mark itself idle");
+    await waitFor(() => workerMarkedIdle(db.sql, w.worker.id), "the worker to mark itself idle");
     for (let id = 1; id <= 3; id++) {
       await db.sql`insert into wk3 (id) values (${id})`;
       await waitFor(async () => delivered.includes(id), `lone write ${id} to be delivered`, 3000);

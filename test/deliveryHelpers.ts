@@ -14,7 +14,7 @@ export const testWorkerOptions = { pollIntervalMs: 200, leaseMs: 2000 } as const
 export async function startOutbox(
   db: TestDatabase,
   setup: (outbox: Outbox) => void = () => undefined,
-  worker: { pollIntervalMs?: number; leaseMs?: number; idleTtlMs?: number; httpPort?: number } = testWorkerOptions,
+  worker: { pollIntervalMs?: number; leaseMs?: number; idleTtlMs?: number } = testWorkerOptions,
 ): Promise<{ outbox: Outbox; worker: OutboxWorker; stop: () => Promise<void> }> {
   const outbox = createOutbox({ connectionString: db.url, worker: { ...testWorkerOptions, ...worker } });
   setup(outbox);
@@ -142,27 +142,49 @@ export async function recordOutcomes(sql: Sql, subscription: string): Promise<()
       select id::text, status, attempts, next_attempt_at, last_error, last_status, delivered_at, updated_at from ${table} order by seq`);
 }
 
-/**
- * Counters of `relation` in the current transaction on `conn`: sequential scans, and heap
- * rows fetched by index scans. Compare two readings taken within one transaction: the
- * session's counters may still hold earlier transactions' counts (PostgreSQL 15 flushes them
- * at most once a second), which made a round seem to fetch the previous round's 2,000 rows in
- * one run of three.
- */
-export async function xactTableCounters(conn: ReservedSql, relation: string): Promise<{ seqScans: number; fetched: number }> {
-  const [stat] = await conn<{ seq: number; fetched: number }[]>`
-    select seq_scan::int as seq, idx_tup_fetch::int as fetched
-    from pg_stat_xact_user_tables where relid = ${relation}::regclass`;
-  return { seqScans: stat?.seq ?? 0, fetched: stat?.fetched ?? 0 };
+/** Whether worker `id` is marked idle now (writes then wake it). */
+export async function workerMarkedIdle(sql: Sql, id: string): Promise<boolean> {
+  return (await sql`select from outbox._workers where id = ${id} and idle_until > now()`).length === 1;
 }
 
-/** One dispatch round on `conn` claiming for `subscription`, with what it did to outbox._events (see {@link xactTableCounters}). */
+/**
+ * Runs `work` in one transaction on `conn` and says what it did to `relation`: sequential
+ * scans, and heap rows fetched by index scans. Counted as the difference of two readings
+ * within the transaction: the session's counters may still hold earlier transactions' counts
+ * (PostgreSQL 15 flushes them at most once a second), which made a round seem to fetch the
+ * previous round's 2,000 rows in one run of three.
+ */
+export async function xactTableWork<T>(
+  conn: ReservedSql,
+  relation: string,
+  work: () => Promise<T>,
+  isolation: "read committed" | "repeatable read" = "read committed",
+): Promise<{ result: T; seqScans: number; fetched: number }> {
+  const counters = async () =>
+    (await conn<{ seq: number; fetched: number }[]>`
+      select seq_scan::int as seq, idx_tup_fetch::int as fetched
+      from pg_stat_xact_user_tables where relid = ${relation}::regclass`)[0] ?? { seq: 0, fetched: 0 };
+  await conn.unsafe(`begin isolation level ${isolation}`);
+  try {
+    const before = await counters();
+    const result = await work();
+    const after = await counters();
+    await conn`commit`;
+    return { result, seqScans: after.seq - before.seq, fetched: after.fetched - before.fetched };
+  } catch (error) {
+    await conn`rollback`.catch(() => undefined);
+    throw error;
+  }
+}
+
+/** One dispatch round on `conn` claiming for `subscription`, with what it did to outbox._events (see {@link xactTableWork}). */
 export async function dispatchRoundStats(conn: ReservedSql, subscription: string): Promise<{ events: number; seqScans: number; fetched: number }> {
-  await conn`begin isolation level repeatable read`;
-  const before = await xactTableCounters(conn, "outbox._events");
-  const [row] = await conn<{ events: number }[]>`
-    select events from outbox._dispatch(2000, 'w', ${"{" + subscription + "}"}::text[], 2000) limit 1`;
-  const after = await xactTableCounters(conn, "outbox._events");
-  await conn`commit`;
-  return { events: row?.events ?? 0, seqScans: after.seqScans - before.seqScans, fetched: after.fetched - before.fetched };
+  const { result, seqScans, fetched } = await xactTableWork(
+    conn,
+    "outbox._events",
+    async () => (await conn<{ events: number }[]>`
+      select events from outbox._dispatch(2000, 'w', ${"{" + subscription + "}"}::text[], 2000) limit 1`)[0]?.events ?? 0,
+    "repeatable read",
+  );
+  return { events: result, seqScans, fetched };
 }

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { ReservedSql } from "postgres";
-import { capturedTable, dispatchOnce, dispatchRoundStats, xactTableCounters } from "./deliveryHelpers.js";
+import { capturedTable, dispatchOnce, dispatchRoundStats, xactTableWork } from "./deliveryHelpers.js";
 import { createTestDatabase, dropTestDatabase, type TestDatabase, useTestDatabase } from "./harness.js";
 
 const db = useTestDatabase();
@@ -48,12 +48,9 @@ test("a dispatch round reads the new events, the late ones and the claimed ones'
 
 /** One claim of up to `limit` deliveries on `conn`, with the rows of outbox.deliveries its index scans fetched. */
 async function claimStats(conn: ReservedSql, subscription: string, limit: number): Promise<{ claimed: number; fetched: number }> {
-  await conn`begin`;
-  const before = await xactTableCounters(conn, "outbox.deliveries");
-  const rows = await conn`select id from outbox._delivery_claim('w', ${subscription}, ${limit}, 30000)`;
-  const after = await xactTableCounters(conn, "outbox.deliveries");
-  await conn`commit`;
-  return { claimed: rows.length, fetched: after.fetched - before.fetched };
+  const { result, fetched } = await xactTableWork(conn, "outbox.deliveries", () =>
+    conn`select id from outbox._delivery_claim('w', ${subscription}, ${limit}, 30000)`);
+  return { claimed: result.length, fetched };
 }
 
 test("a claim reads the deliveries it takes, also when the session's plans were made while outbox.deliveries held one row", async () => {

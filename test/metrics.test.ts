@@ -8,7 +8,7 @@ import { test } from "node:test";
 import postgres from "postgres";
 import { createOutbox } from "../src/outbox.js";
 import { NonRetryableError } from "../src/transports/handler.js";
-import { capturedTable, hastenRetries, statusCounts } from "./deliveryHelpers.js";
+import { capturedTable, hastenRetries, statusCounts, workerMarkedIdle } from "./deliveryHelpers.js";
 import { createTestDatabase, dropTestDatabase, useTestDatabase, waitFor } from "./harness.js";
 import { startOutboxCommand } from "./outboxCommand.js";
 
@@ -205,7 +205,7 @@ test("lone writes to an ordered subscription cost one dispatch round each: the c
   outbox.handle("m_ordered_h", "public.m_ordered.*", (event) => void delivered.push(Number((event.key as { id: number }).id)), { ordered: true });
   const worker = await outbox.start();
   try {
-    await waitFor(async () => (await db.sql`select from outbox._workers where id = ${worker.id} and idle_until > now()`).length === 1, "the worker to mark itself idle");
+    await waitFor(() => workerMarkedIdle(db.sql, worker.id), "the worker to mark itself idle");
     const rounds = async () => (await scrape(worker.httpPort!)).get("outbox_dispatch_rounds_total") ?? 0;
     const before = await rounds();
     const writes = 5;

@@ -27,6 +27,9 @@ export interface DispatcherOptions {
   logger: Logger;
 }
 
+/** What {@link Dispatcher.runUntilCaughtUp} did: its rounds' totals, and how many rounds it ran (those that found nothing included). */
+export type DispatchTotal = DispatchRound & { rounds: number };
+
 /**
  * One dispatcher at a time across all processes (DESIGN.md guarantee 7): the role is a
  * session-level advisory lock on a connection of the dispatcher's own, so it passes to
@@ -38,7 +41,6 @@ export interface DispatcherOptions {
 export class Dispatcher {
   private readonly connection: RenewingClient;
   private holding = false;
-  private rounds = 0;
   private closed = closedSignal();
   private readonly maxEvents: number;
   private readonly answerWithinMs: number;
@@ -81,11 +83,6 @@ export class Dispatcher {
     );
   }
 
-  /** Dispatch rounds run by this process so far (each a statement, whatever it found). */
-  get roundsRun(): number {
-    return this.rounds;
-  }
-
   /** Whether this process holds the dispatcher role (as of its last round). */
   get isDispatcher(): boolean {
     return this.holding;
@@ -105,8 +102,8 @@ export class Dispatcher {
     claim?: () => DispatchClaimRequest | undefined,
     onClaimed?: (round: DispatchRound) => void,
     maxRounds = 20,
-  ): Promise<DispatchRound | null> {
-    const total: DispatchRound = { events: 0, deliveries: 0, lastId: "0", claimed: [] };
+  ): Promise<DispatchTotal | null> {
+    const total: DispatchTotal = { events: 0, deliveries: 0, lastId: "0", claimed: [], rounds: 0 };
     try {
       if (!this.holding) {
         this.holding = await this.guarded(dispatchLockTry(this.client));
@@ -115,7 +112,7 @@ export class Dispatcher {
       }
       for (let round = 0; round < maxRounds; round++) {
         const result = await this.guarded(dispatchRoundRun(this.client, this.maxEvents, claim?.()));
-        this.rounds++;
+        total.rounds++;
         total.events += result.events;
         total.deliveries += result.deliveries;
         total.lastId = result.lastId;

@@ -191,7 +191,6 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
         again = false;
         const dispatching = dispatchWanted;
         dispatchWanted = false;
-        const roundsBefore = dispatcher.roundsRun;
         const round = dispatching
           ? await dispatcher.runUntilCaughtUp(
               () => deliverer.dispatchClaimRequest(),
@@ -199,7 +198,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
             )
           : null;
         const events = round?.events ?? 0;
-        http?.metrics.dispatchRan(dispatcher.roundsRun - roundsBefore, events);
+        http?.metrics.dispatchRan(round?.rounds ?? 0, events);
         // Deliveries dispatch wrote without claiming them for this worker: someone must claim them.
         if (round && round.deliveries > round.claimed.length) deliverer.requestClaims();
         const claimed = await deliverer.pumpAll();

@@ -21,6 +21,7 @@ import { promisify } from "node:util";
 import { Logger as GraphileLogger, runMigrations } from "graphile-worker";
 import postgres, { type ReservedSql, type Sql } from "postgres";
 import { createOutbox } from "../src/outbox.js";
+import { cpuLoadStart, type CpuLoad } from "./cpuLoad.js";
 import { workerCpuStart, workerCpuSince } from "./workerCpu.js";
 
 const run = promisify(execFile);
@@ -89,6 +90,13 @@ export interface WorkerCaseResult {
    * and the PostgreSQL backends serving the worker. Null where /proc cannot be read.
    */
   workerCpuPerEvent: { node: number; postgres: number } | null;
+  /**
+   * The control: captured inserts while a neutral CPU load (bench/cpuLoad.ts) uses what the
+   * worker used per second in the same round, against the same round's plain inserts without
+   * a worker. Equal to `ratio`, the worker costs the writers its CPU and nothing more. Null
+   * where the worker's CPU could not be read.
+   */
+  control: { captured: Measure; ratio: number; loadMicrosPerSecond: Measure } | null;
   pass: boolean;
 }
 
@@ -166,6 +174,8 @@ const WORKER_HANDLER = "bench_worker_noop";
  * measured here. Each captured round with the worker ends only once its events are all
  * delivered, so catching up never lands in another run. A listener counts the wake-up
  * notifications the captured rounds sent: an idle worker is woken once, a busy one never.
+ * Each round ends with the control (see {@link WorkerCaseResult.control}): one more captured
+ * run without a worker, beside a spinning process using the CPU per second the worker used.
  */
 export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<WorkerCaseResult> {
   const db: Db = { conn: await sql.reserve(), checkpoint: true };
@@ -180,9 +190,10 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
   const listener = await sql.listen("outbox_wake", () => {
     if (counting) wakes++;
   });
-  const samples: Record<"plain" | "captured" | "plainAlone" | "capturedAlone", number[]> = {
-    plain: [], captured: [], plainAlone: [], capturedAlone: [],
+  const samples: Record<"plain" | "captured" | "plainAlone" | "capturedAlone" | "capturedLoaded", number[]> = {
+    plain: [], captured: [], plainAlone: [], capturedAlone: [], capturedLoaded: [],
   };
+  const loadRates: number[] = [];
   let transactions = 0;
   const dir = await mkdtemp(join(tmpdir(), "outbox-bench-"));
   const cpu = { node: [] as number[], postgres: [] as number[], readable: true };
@@ -195,6 +206,7 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
     opts.log(`single-row INSERT transactions without and with a worker delivering every captured event, ${opts.clients} clients`);
     for (let round = 0; round < opts.rounds; round++) {
       const variants = round % 2 ? (["captured", "plain"] as const) : (["plain", "captured"] as const);
+      let workerMicrosPerSecond: number | undefined;
       for (const withWorker of round % 2 ? [true, false] : [false, true]) {
         // Emptied first: a worker started on the events of a run without it would deliver
         // them while the next run is measured.
@@ -219,6 +231,7 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
                 const used = await workerCpuSince(cpuStart);
                 cpu.node.push((used.nodeMs * 1000) / n);
                 cpu.postgres.push((used.postgresMs * 1000) / n);
+                workerMicrosPerSecond = ((used.nodeMs + used.postgresMs) * 1000) / opts.seconds;
               } else cpu.readable = false;
             }
             samples[withWorker ? v : (`${v}Alone` as const)].push(tps);
@@ -227,6 +240,22 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
         } finally {
           await worker?.stop();
         }
+      }
+      if (workerMicrosPerSecond !== undefined) {
+        let load: CpuLoad | undefined;
+        let started = 0;
+        let tps: number;
+        try {
+          tps = await timed("captured", async () => {
+            load = cpuLoadStart(workerMicrosPerSecond!);
+            started = performance.now();
+          });
+        } finally {
+          const used = await load?.stop();
+          if (used !== undefined) loadRates.push(used / ((performance.now() - started) / 1000));
+        }
+        samples.capturedLoaded.push(tps);
+        opts.log(`  round ${round + 1}/${opts.rounds}  control: ${(workerMicrosPerSecond / 1e4).toFixed(0)}% of a core spun  captured ${tps.toFixed(0)} tx/s`);
       }
     }
   } finally {
@@ -249,6 +278,13 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
     transactions,
     delivered,
     workerCpuPerEvent: cpu.readable && cpu.node.length > 0 ? { node: median(cpu.node), postgres: median(cpu.postgres) } : null,
+    control: cpu.readable && samples.capturedLoaded.length === samples.plainAlone.length
+      ? {
+          captured: measure(samples.capturedLoaded),
+          ratio: pairedRatio(samples.capturedLoaded, samples.plainAlone),
+          loadMicrosPerSecond: measure(loadRates),
+        }
+      : null,
     // "Must not drop": within the round-to-round spread of the ratio (about 0.05 here).
     pass: ratio >= ratioWithoutWorker - 0.05,
   };

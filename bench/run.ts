@@ -131,6 +131,11 @@ function printTable(cases: CaseResult[], workerCase: WorkerCaseResult): void {
       `machine time per captured transaction without a worker: ${fmt((cpus().length * 1e6) / w.capturedAlone.median)} µs ` +
       `(${cpus().length} cores / ${fmt(w.capturedAlone.median)} tx/s)`);
   }
+  if (w.control) {
+    console.log(`control: captured/baseline ${w.control.ratio.toFixed(2)} with no worker but a process spinning ` +
+      `${fmt(w.control.loadMicrosPerSecond.median / 1e4)}% of a core (the worker's CPU per second in the same rounds), ` +
+      `against ${w.ratio.toFixed(2)} with the worker: the worker's cost to the writers beyond its CPU is the difference`);
+  }
   const missed = [...cases.filter((c) => !c.pass).map((c) => `${c.label} ${c.ratio.toFixed(2)} < ${c.goal.toFixed(2)}`),
     ...(w.pass ? [] : [`${w.label} ${w.ratio.toFixed(2)} < ${(w.ratioWithoutWorker - 0.05).toFixed(2)}`])];
   console.log(missed.length ? `GOAL MISSED: ${missed.join("; ")}` : "all goals met");

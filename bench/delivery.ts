@@ -12,6 +12,8 @@
  *     completion; the best of concurrency 2, 4 and 10), run() until the last job is deleted.
  * (c) fan-out: `fanEvents` rows to a table ten handler subscriptions match, first insert until
  *     all ten times as many deliveries are recorded (deliveries/s).
+ * (d) latency under load: a steady stream of `loadRate` single-row INSERTs per second keeps the
+ *     worker busy (bench/loadLatency.ts); no goal, no baseline.
  *
  * Uses its own database `outbox_bench_delivery` (dropped and recreated).
  */
@@ -19,6 +21,7 @@ import { Logger, run, type Runner } from "graphile-worker";
 import postgres, { type Sql } from "postgres";
 import { migrate } from "../src/db/migrate.js";
 import { createOutbox } from "../src/outbox.js";
+import { measureUnderLoad, type LoadLatency } from "./loadLatency.js";
 
 export const DELIVERY_DATABASE = "outbox_bench_delivery";
 
@@ -32,6 +35,9 @@ export interface DeliveryOptions {
   batch: number;
   /** Events of the fan-out case (each delivered to 10 subscriptions). */
   fanEvents: number;
+  /** Rows per second of the latency-under-load case, for `loadSeconds`; 0 skips it (it needs pgbench). */
+  loadRate: number;
+  loadSeconds: number;
   log: (line: string) => void;
 }
 
@@ -57,6 +63,7 @@ export interface DeliveryReport {
     ratio: number;
   };
   fanOut: { subscriptions: number; events: number; deliveries: number; seconds: number; perSecond: number };
+  underLoad: LoadLatency | null;
 }
 
 const silent = new Logger(() => () => undefined);
@@ -163,10 +170,12 @@ async function outboxPart(url: string, sql: Sql, client: Sql, opts: DeliveryOpti
   await sql.unsafe(`
     create table bench_latency (id bigserial primary key, n int not null, note text);
     create table bench_tput (id bigserial primary key, n int not null, note text);
-    create table bench_fan (id bigserial primary key, n int not null, note text);`);
+    create table bench_fan (id bigserial primary key, n int not null, note text);
+    create table bench_load (id bigserial primary key, note text);`);
   await sql`select outbox.enable_capture('bench_latency')`;
   await sql`select outbox.enable_capture('bench_tput')`;
   await sql`select outbox.enable_capture('bench_fan')`;
+  await sql`select outbox.enable_capture('bench_load')`;
 
   const arrived: number[] = [];
   let delivered = 0;
@@ -183,6 +192,10 @@ async function outboxPart(url: string, sql: Sql, client: Sql, opts: DeliveryOpti
     delivered++;
     lastAt = performance.now();
   });
+  const loadLatencies: number[] = [];
+  outbox.handle("bench_load_h", "public.bench_load.insert", (event) => {
+    loadLatencies.push(Date.now() - Date.parse(event.time));
+  });
   for (let i = 0; i < FAN_OUT; i++) {
     outbox.handle(`bench_fan_h${i}`, "public.bench_fan.insert", () => {
       fanDelivered++;
@@ -195,6 +208,15 @@ async function outboxPart(url: string, sql: Sql, client: Sql, opts: DeliveryOpti
     opts.log(`outbox latency: ${opts.warmup} + ${opts.samples} single-row inserts, one every ${opts.intervalMs} ms`);
     const latency = await paced(opts, arrived, (n) =>
       client`insert into bench_latency (n, note) values (${n}, 'a short note about this order')`, "outbox");
+
+    let underLoad: LoadLatency | null = null;
+    if (opts.loadRate > 0) {
+      opts.log(`outbox latency under load: ${opts.loadRate} single-row inserts per second for ${opts.loadSeconds} s (pgbench, 4 clients)`);
+      underLoad = await measureUnderLoad(url, sql, "bench_load", loadLatencies, opts.loadRate, opts.loadSeconds);
+      const cpu = underLoad.workerCpuPerEvent;
+      opts.log(`  outbox: p50 ${underLoad.p50} ms, p99 ${underLoad.p99} ms, max ${underLoad.max} ms` +
+        (cpu ? `; worker CPU ${Math.round(cpu.node + cpu.postgres)} µs per event (Node ${Math.round(cpu.node)}, PostgreSQL ${Math.round(cpu.postgres)})` : ""));
+    }
 
     opts.log(`outbox throughput: ${opts.events} events, two writers inserting statements of ${opts.batch} rows`);
     const start = performance.now();
@@ -214,7 +236,7 @@ async function outboxPart(url: string, sql: Sql, client: Sql, opts: DeliveryOpti
     opts.log(`  last handler call after ${((fanLastAt - fanStart) / 1000).toFixed(2)} s, every outcome recorded after ${fanSeconds.toFixed(2)} s`);
     const fanOut = { subscriptions: FAN_OUT, events: opts.fanEvents, deliveries, seconds: fanSeconds, perSecond: deliveries / fanSeconds };
     opts.log(`  outbox: ${Math.round(fanOut.perSecond)} deliveries/s (${fanSeconds.toFixed(2)} s)`);
-    return { latency, throughput, fanOut };
+    return { latency, throughput, fanOut, underLoad };
   } finally {
     await worker.stop();
     await outbox.close();
@@ -330,6 +352,7 @@ export async function runDelivery(opts: DeliveryOptions): Promise<DeliveryReport
         ratio: ours.throughput.perSecond / theirs.throughput.perSecond,
       },
       fanOut: ours.fanOut,
+      underLoad: ours.underLoad,
     };
   } finally {
     await client.end({ timeout: 5 });
@@ -359,6 +382,12 @@ export function printDelivery(r: DeliveryReport): void {
   console.log("statement: the INSERT / add_job round trip alone; ratio: pg-outbox / graphile-worker (lower is better for latency, higher for throughput)");
   console.log(`throughput: pg-outbox first insert until every outcome is recorded (${fi(r.throughput.outbox.events)} events, two writers); graphile-worker run() until the last job is deleted (pre-enqueued; localQueue ${r.throughput.graphile.localQueue}, batched completion, best of concurrency ${r.throughput.graphile.tried.map((t) => `${t.concurrency}: ${fi(t.perSecond)}/s`).join(", ")})`);
   console.log(`fan-out: ${fi(r.fanOut.events)} events, each delivered to ${r.fanOut.subscriptions} handler subscriptions; first insert until every outcome is recorded`);
+  const l = r.underLoad;
+  if (l) {
+    const cpu = l.workerCpuPerEvent;
+    console.log(`under load (no goal): ${fi(l.rate)} inserts/s for ${l.seconds} s, event time to handler p50 ${l.p50} ms, p99 ${l.p99} ms, max ${l.max} ms` +
+      (cpu ? `; worker CPU ${fi(cpu.node + cpu.postgres)} µs per event (Node ${fi(cpu.node)}, PostgreSQL ${fi(cpu.postgres)})` : ""));
+  }
   const goals = [
     [r.latency.outbox.p50 <= 5, `latency p50 ${f2(r.latency.outbox.p50)} ms <= 5 ms`],
     [r.latency.outbox.p99 <= 25, `latency p99 ${f2(r.latency.outbox.p99)} ms <= 25 ms`],

@@ -96,6 +96,43 @@ test("under a steady stream of writes a busy worker is not notified on every wri
   }
 });
 
+test("a thin stream (a write every ~12 ms) after a dense one does not keep the worker busy: it marks itself idle while the writes go on", async () => {
+  await capturedTable(db.sql, "wk6");
+  const delivered = new Set<number>();
+  // No poll: only the wake-ups and the busy worker's own reading move events.
+  const w = await startOutbox(db, (o) => o.handle("wk6_h", "public.wk6.*", (event) => void delivered.add(idOf(event))), { pollIntervalMs: 60_000 });
+  const workerIdle = () => workerMarkedIdle(db.sql, w.worker.id);
+  let thin = true;
+  let thinWriter: Promise<void> | undefined;
+  try {
+    await waitFor(workerIdle, "the started worker to mark itself idle");
+    const dense = startStream("wk6");
+    try {
+      await waitFor(async () => !(await workerIdle()), "the worker to mark itself busy under the dense stream");
+    } finally {
+      await dense.stop();
+    }
+    // About 80 writes a second: a busy worker's 50 ms pause gathers four or so, which kept it
+    // pausing (and unwoken) for as long as they came, each waiting up to 50 ms. Below 200 a
+    // second it goes idle instead, and each write wakes it.
+    let id = dense.writes;
+    thinWriter = (async () => {
+      while (thin) {
+        await db.sql`insert into wk6 (id) values (${++id})`;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    })();
+    await waitFor(workerIdle, "the worker to mark itself idle while a write still comes every ~12 ms", 10_000);
+    thin = false;
+    await thinWriter;
+    await waitFor(async () => delivered.size === id, `all ${id} writes delivered`, 60_000);
+  } finally {
+    thin = false;
+    await thinWriter;
+    await w.stop();
+  }
+});
+
 test("without the poll, a worker that is not the dispatcher gets its deliveries from wake-ups: a lone write and a stream", async () => {
   await capturedTable(db.sql, "wk2");
   const toA = new Set<number>();

@@ -13,18 +13,12 @@
  * event to a no-op handler: the write path must not get dearer when workers are busy (no
  * NOTIFY per transaction; only an idle worker is woken).
  */
-import { execFile } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { promisify } from "node:util";
 import { Logger as GraphileLogger, runMigrations } from "graphile-worker";
 import postgres, { type ReservedSql, type Sql } from "postgres";
 import { createOutbox } from "../src/outbox.js";
 import { cpuLoadStart, type CpuLoad } from "./cpuLoad.js";
+import { pgbench } from "./pgbench.js";
 import { workerCpuStart, workerCpuSince } from "./workerCpu.js";
-
-const run = promisify(execFile);
 
 export const VARIANTS = ["plain", "captured", "bare", "naive"] as const;
 export type Variant = (typeof VARIANTS)[number];
@@ -195,12 +189,11 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
   };
   const loadRates: number[] = [];
   let transactions = 0;
-  const dir = await mkdtemp(join(tmpdir(), "outbox-bench-"));
   const cpu = { node: [] as number[], postgres: [] as number[], readable: true };
   const timed = async (v: "plain" | "captured", onStart?: () => Promise<void>): Promise<number> => {
     await reset(db);
     await onStart?.();
-    return opts.driver === "pgbench" ? pgbenchTps(opts, dir, v) : nodeTps(opts, v);
+    return opts.driver === "pgbench" ? pgbenchTps(opts, v) : nodeTps(opts, v);
   };
   try {
     opts.log(`single-row INSERT transactions without and with a worker delivering every captured event, ${opts.clients} clients`);
@@ -259,7 +252,6 @@ export async function runWorkerCase(sql: Sql, opts: CaptureOptions): Promise<Wor
       }
     }
   } finally {
-    await rm(dir, { recursive: true, force: true });
     await listener.unlisten();
     await outbox.close();
     db.conn.release();
@@ -320,19 +312,8 @@ async function reset(db: Db, seed?: Variant): Promise<void> {
   if (db.checkpoint) await conn.unsafe(`checkpoint`);
 }
 
-async function pgbenchTps(opts: CaptureOptions, dir: string, v: Variant): Promise<number> {
-  const script = join(dir, `${v}.sql`);
-  await writeFile(script, `\\set r random(1, 1000000000)\n${INSERT_ONE(table(v))}\n`);
-  // -M prepared: what ORMs and drivers do; it also keeps parsing out of the baseline, so the
-  // trigger's share of each transaction is not diluted. -n: there are no pgbench tables.
-  const { stdout } = await run("pgbench", [
-    "-n", "-M", "prepared", "-c", String(opts.clients), "-j", String(Math.min(opts.clients, 2)),
-    "-T", String(opts.seconds), "-f", script, opts.url,
-  ]);
-  const tps = /tps = ([\d.]+)/.exec(stdout)?.[1];
-  if (!tps) throw new Error(`could not read tps from pgbench output:\n${stdout}`);
-  return Number(tps);
-}
+const pgbenchTps = (opts: CaptureOptions, v: Variant): Promise<number> =>
+  pgbench(opts.url, `\\set r random(1, 1000000000)\n${INSERT_ONE(table(v))}\n`, opts);
 
 // Fallback without pgbench: `clients` connections each inserting in a loop.
 async function nodeTps(opts: CaptureOptions, v: Variant): Promise<number> {
@@ -360,18 +341,13 @@ async function nodeTps(opts: CaptureOptions, v: Variant): Promise<number> {
 
 async function singleRow(opts: CaptureOptions, db: Db): Promise<Record<Variant, number[]>> {
   const out: Record<Variant, number[]> = { plain: [], captured: [], bare: [], naive: [] };
-  const dir = await mkdtemp(join(tmpdir(), "outbox-bench-"));
-  try {
-    for (let round = 0; round < opts.rounds; round++) {
-      for (const v of rotated(round)) {
-        await reset(db);
-        const tps = opts.driver === "pgbench" ? await pgbenchTps(opts, dir, v) : await nodeTps(opts, v);
-        out[v].push(tps);
-        opts.log(`  single-row insert  round ${round + 1}/${opts.rounds}  ${v.padEnd(8)} ${tps.toFixed(0)} tx/s`);
-      }
+  for (let round = 0; round < opts.rounds; round++) {
+    for (const v of rotated(round)) {
+      await reset(db);
+      const tps = opts.driver === "pgbench" ? await pgbenchTps(opts, v) : await nodeTps(opts, v);
+      out[v].push(tps);
+      opts.log(`  single-row insert  round ${round + 1}/${opts.rounds}  ${v.padEnd(8)} ${tps.toFixed(0)} tx/s`);
     }
-  } finally {
-    await rm(dir, { recursive: true, force: true });
   }
   return out;
 }

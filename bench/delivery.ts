@@ -22,6 +22,8 @@ import postgres, { type Sql } from "postgres";
 import { migrate } from "../src/db/migrate.js";
 import { createOutbox } from "../src/outbox.js";
 import { measureUnderLoad, type LoadLatency } from "./loadLatency.js";
+import { quantile } from "./quantile.js";
+import { waitFor } from "./waitFor.js";
 
 export const DELIVERY_DATABASE = "outbox_bench_delivery";
 
@@ -69,28 +71,10 @@ export interface DeliveryReport {
 const silent = new Logger(() => () => undefined);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
 
-function quantile(xs: number[], q: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
-}
-
 function withDatabase(url: string, database: string): string {
   const parsed = new URL(url);
   parsed.pathname = `/${database}`;
   return parsed.toString();
-}
-
-/** Resolves when `n` arrivals have been recorded, or rejects after `ms`. */
-function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = performance.now() + ms;
-  return new Promise((resolve, reject) => {
-    const check = () => {
-      if (cond()) resolve();
-      else if (performance.now() > deadline) reject(new Error(`timed out waiting for ${what}`));
-      else setTimeout(check, 5);
-    };
-    check();
-  });
 }
 
 /**

@@ -13,18 +13,27 @@ const WRITERS = 4;
 /** Writes counted after the worker said it is busy. */
 const STREAM_WRITES = 1200;
 
-/** {@link WRITERS} writers inserting ids 1, 2, 3 … into `table` until stopped. */
-function startStream(table: string): { readonly writes: number; stop: () => Promise<void> } {
+/**
+ * `writers` writers (default {@link WRITERS}) inserting ids `from` + 1, + 2 … into `table`
+ * until stopped, each pausing `pauseMs` after every write (default none).
+ */
+function startStream(
+  table: string, { writers: count = WRITERS, pauseMs = 0, from = 0 } = {},
+): { readonly writes: number; readonly lastId: number; stop: () => Promise<void> } {
   let writes = 0;
   let stopped = false;
-  const writers = Array.from({ length: WRITERS }, async () => {
+  const writers = Array.from({ length: count }, async () => {
     while (!stopped) {
-      await db.sql`insert into ${db.sql(table)} (id) values (${++writes})`;
+      await db.sql`insert into ${db.sql(table)} (id) values (${from + ++writes})`;
+      if (pauseMs > 0) await new Promise((resolve) => setTimeout(resolve, pauseMs));
     }
   });
   return {
     get writes() {
       return writes;
+    },
+    get lastId() {
+      return from + writes;
     },
     stop: async () => {
       stopped = true;
@@ -102,8 +111,7 @@ test("a thin stream (a write every ~12 ms) after a dense one does not keep the w
   // No poll: only the wake-ups and the busy worker's own reading move events.
   const w = await startOutbox(db, (o) => o.handle("wk6_h", "public.wk6.*", (event) => void delivered.add(idOf(event))), { pollIntervalMs: 60_000 });
   const workerIdle = () => workerMarkedIdle(db.sql, w.worker.id);
-  let thin = true;
-  let thinWriter: Promise<void> | undefined;
+  let thin: ReturnType<typeof startStream> | undefined;
   try {
     await waitFor(workerIdle, "the started worker to mark itself idle");
     const dense = startStream("wk6");
@@ -115,20 +123,13 @@ test("a thin stream (a write every ~12 ms) after a dense one does not keep the w
     // About 80 writes a second: a busy worker's 50 ms pause gathers four or so, which kept it
     // pausing (and unwoken) for as long as they came, each waiting up to 50 ms. Below 200 a
     // second it goes idle instead, and each write wakes it.
-    let id = dense.writes;
-    thinWriter = (async () => {
-      while (thin) {
-        await db.sql`insert into wk6 (id) values (${++id})`;
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-    })();
+    thin = startStream("wk6", { writers: 1, pauseMs: 10, from: dense.lastId });
     await waitFor(workerIdle, "the worker to mark itself idle while a write still comes every ~12 ms", 10_000);
-    thin = false;
-    await thinWriter;
-    await waitFor(async () => delivered.size === id, `all ${id} writes delivered`, 60_000);
+    await thin.stop();
+    const last = thin.lastId;
+    await waitFor(async () => delivered.size === last, `all ${last} writes delivered`, 60_000);
   } finally {
-    thin = false;
-    await thinWriter;
+    await thin?.stop();
     await w.stop();
   }
 });

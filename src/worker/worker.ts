@@ -21,7 +21,7 @@ import { graphileLogger } from "./graphileLogger.js";
 import { LateWriterWatch } from "./lateWriterWatch.js";
 import { workerClientOptions } from "./workerClientOptions.js";
 
-/** A round with fewer events than this is followed by `busyWaitMs` of gathering. */
+/** A busy worker's round with fewer events than this (and at least {@link BUSY_MIN_RATE}) is followed by `busyWaitMs` of gathering. */
 const SMALL_ROUND = 100;
 /**
  * Events per second below which a busy worker does not pause to gather: it reads again at

@@ -147,7 +147,7 @@ export async function eventReadCommitted(
           ? []
           : await tx<CommittedEvent[]>`
               select p.position::text as position, outbox._event_topic(e) as topic,
-                     outbox._envelope_json(e, i.image, p.position)::text as payload
+                     outbox._envelope_text(e, i.image, p.position) as payload
               from outbox._events e
               cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
               cross join lateral (select (e.id << 16) + i.ord - 1 as position) p
@@ -190,7 +190,7 @@ export async function eventListCommittedSince(client: Queryable, snapshot: strin
   try {
     return await client<CommittedEvent[]>`
       select p.position::text as position, outbox._event_topic(e) as topic,
-             outbox._envelope_json(e, i.image, p.position)::text as payload
+             outbox._envelope_text(e, i.image, p.position) as payload
       from outbox._events e
       cross join lateral json_array_elements(e.rows) with ordinality i(image, ord)
       cross join lateral (select (e.id << 16) + i.ord - 1 as position) p

@@ -138,6 +138,24 @@ begin
 end
 $$;
 
+-- Deliveries that dispatch wrote as delivered for p_worker to settle in its round (see
+-- `_dispatch`'s p_settle) and that did not succeed in time (failed, or still running): they
+-- become delivering with a lease, like any claimed delivery, and their outcome is recorded
+-- by `_delivery_complete` once known. Called in the dispatch transaction, before its commit.
+create or replace function outbox._delivery_hold(p_worker text, p_ids bigint[], p_lease_ms int)
+returns int
+language sql
+as $$
+  with held as (
+    update outbox.deliveries set
+      status = 'delivering', delivered_at = null, locked_by = p_worker,
+      locked_until = now() + make_interval(secs => p_lease_ms / 1000.0), updated_at = now()
+    where id = any(p_ids) and status = 'delivered' and attempts = 1
+    returning 1
+  )
+  select count(*)::int from held
+$$;
+
 -- Deliveries whose lease ran out (the worker crashed or lost its connection mid-delivery)
 -- go back in line as retrying, or dead when they used their last attempt.
 create or replace function outbox._delivery_recover()

@@ -34,6 +34,7 @@ const optionsSchema = z
         leaseMs: z.number().int().min(1000).max(3_600_000).default(30_000),
         idleTtlMs: z.number().int().min(1000).max(600_000).default(15_000),
         busyWaitMs: z.number().int().min(0).max(1000).default(50),
+        settleWithinMs: z.number().int().min(0).max(1000).default(10),
         drainTimeoutMs: z.number().int().min(0).max(600_000).default(10_000),
         retentionMs: z.number().int().min(60_000).default(7 * 86_400_000),
         deadRetentionMs: z.number().int().min(60_000).default(30 * 86_400_000),
@@ -98,6 +99,18 @@ export interface OutboxOptions {
      * it is what an event may wait on top of that; 0 reads again at once.
      */
     busyWaitMs?: number;
+    /**
+     * How long a dispatch round waits for this worker's handlers before it commits; default
+     * 10 ms. The round writes the deliveries of handlers registered here as delivered, runs
+     * them, and puts back to delivering only those that failed or are still running when the
+     * wait ends: a handler that returns in time has its delivery written once, instead of
+     * inserted and then updated (a quarter of the database time per delivered event, and one
+     * statement per round fewer). Its `delivered_at` is then the round's time, a few
+     * milliseconds before the handler returned, and during its first attempt the handler
+     * cannot yet see its own row in `outbox.deliveries`. A subscription whose handler
+     * outlasts the wait is not waited for in the next 10 s. 0 turns this off.
+     */
+    settleWithinMs?: number;
     /** How long stop() waits for in-flight deliveries; default 10000 ms. */
     drainTimeoutMs?: number;
     /** Delivered deliveries and fully delivered events are kept this long; default 7 days. */

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { NonRetryableError } from "../src/transports/handler.js";
 import type { OutboxEvent } from "../src/transports/transport.js";
 import { useTestDatabase, waitFor } from "./harness.js";
-import { capturedTable, deliveriesOf, recordOutcomes, startOutbox } from "./deliveryHelpers.js";
+import { capturedTable, deliveriesOf, recordOutcomes, startOutbox, testWorkerOptions } from "./deliveryHelpers.js";
 
 const db = useTestDatabase();
 
@@ -212,5 +212,76 @@ test("a handler subscription is served only by workers that registered it", asyn
     assert.deepEqual([...ownerSeen].sort((a, b) => a - b), [1, 2]);
   } finally {
     await owner2.stop();
+  }
+});
+
+/** Whether a delivery row was last written by the dispatch round that last moved the cursor. */
+async function writtenByLastRound(deliveryId: string): Promise<boolean> {
+  const [row] = await db.sql<{ same: boolean }[]>`
+    select d.xmin::text = s.xmin::text as same
+    from outbox.deliveries d, outbox._dispatch_state s where d.id = ${deliveryId}`;
+  return row!.same;
+}
+
+test("a handler that returns within settleWithinMs has its delivery written once, as delivered, by the dispatch round that read its event", async () => {
+  await capturedTable(db.sql, "h8");
+  const seen: string[] = [];
+  const w = await startOutbox(db, (o) => o.handle("h8_handler", "public.h8.*", (_event, context) => void seen.push(context.deliveryId)), {
+    ...testWorkerOptions,
+    settleWithinMs: 1000,
+  });
+  try {
+    await db.sql`insert into h8 (id, status) values (1, 'new')`;
+    const [delivery] = await waitFor(async () => {
+      const rows = await deliveriesOf(db.sql, "h8_handler");
+      return rows[0]?.status === "delivered" ? rows : undefined;
+    }, "the delivery to be delivered");
+    assert.deepEqual(seen, [delivery!.id], "the handler was called once, with the delivery's id");
+    assert.equal(delivery!.attempts, 1);
+    assert.ok(delivery!.delivered_at instanceof Date, "delivered_at is set");
+    assert.ok(await writtenByLastRound(delivery!.id), "the row was never updated after the round that inserted it");
+  } finally {
+    await w.stop();
+  }
+});
+
+test("a handler that outlasts settleWithinMs: its delivery is delivering (leased to the worker) until it returns, then delivered; the subscription is not waited for next time", async () => {
+  await capturedTable(db.sql, "h9");
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const seen: string[] = [];
+  const w = await startOutbox(
+    db,
+    (o) =>
+      o.handle("h9_handler", "public.h9.*", async (_event, context) => {
+        seen.push(context.deliveryId);
+        if (seen.length === 1) await gate;
+      }),
+    { ...testWorkerOptions, leaseMs: 30_000, settleWithinMs: 20 },
+  );
+  try {
+    await db.sql`insert into h9 (id, status) values (1, 'new')`;
+    const [held] = await waitFor(async () => {
+      const rows = await db.sql<{ id: string; status: string; locked_by: string | null; attempts: number }[]>`
+        select id::text, status, locked_by, attempts from outbox.deliveries where subscription = 'h9_handler'`;
+      return rows.length > 0 ? rows : undefined;
+    }, "the round to commit the delivery");
+    assert.deepEqual(held, { id: seen[0], status: "delivering", locked_by: w.worker.id, attempts: 1 }, "put back to delivering, leased to the worker");
+    release();
+    const [first] = await waitFor(async () => {
+      const rows = await deliveriesOf(db.sql, "h9_handler");
+      return rows[0]?.status === "delivered" ? rows : undefined;
+    }, "the slow delivery to be recorded as delivered");
+    assert.equal(first!.attempts, 1);
+
+    await db.sql`insert into h9 (id, status) values (2, 'new')`;
+    const rows = await waitFor(async () => {
+      const list = await deliveriesOf(db.sql, "h9_handler");
+      return list.length === 2 && list[1]!.status === "delivered" ? list : undefined;
+    }, "the second delivery to be delivered");
+    assert.equal(seen.length, 2, "each handler call happened once");
+    assert.equal(await writtenByLastRound(rows[1]!.id), false, "written as delivering and recorded afterwards, not settled in the round");
+  } finally {
+    await w.stop();
   }
 });

@@ -14,7 +14,7 @@ export const testWorkerOptions = { pollIntervalMs: 200, leaseMs: 2000 } as const
 export async function startOutbox(
   db: TestDatabase,
   setup: (outbox: Outbox) => void = () => undefined,
-  worker: { pollIntervalMs?: number; leaseMs?: number; idleTtlMs?: number } = testWorkerOptions,
+  worker: { pollIntervalMs?: number; leaseMs?: number; idleTtlMs?: number; settleWithinMs?: number } = testWorkerOptions,
 ): Promise<{ outbox: Outbox; worker: OutboxWorker; stop: () => Promise<void> }> {
   const outbox = createOutbox({ connectionString: db.url, worker: { ...testWorkerOptions, ...worker } });
   setup(outbox);

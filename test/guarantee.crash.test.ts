@@ -234,6 +234,41 @@ test("kill -9 of a worker mid-batch loses nothing: another worker delivers every
   assert.deepEqual(await exitWithin(b, 15_000), { code: 0, signal: null });
 });
 
+test("kill -9 while a dispatch round waits for its handlers: nothing of the round was written, and another worker delivers every event without waiting for a lease", async (t) => {
+  await capturedTable("settle_events");
+  await receivedTable("settle_received");
+  // A waits up to a second for handlers that never return in time; the leases (30 s) are far
+  // longer than the test waits for B, so B can only get the events by reading them again.
+  const env = { RECEIVED_TABLE: "settle_received", LEASE_MS: "30000" };
+  const a = await spawnWorker("settle", "public.settle_events.insert", { ...env, SETTLE_WITHIN_MS: "1000", HANDLER_DELAY_MS: "60000" });
+  const N = 5;
+  const [{ lastId }] = await db.sql<{ lastId: string }[]>`select last_id::text as "lastId" from outbox._dispatch_state`;
+  await db.sql`insert into settle_events (id) select g from generate_series(1, ${N}::int) g`;
+  await waitFor(async () => a.lines.filter((l) => l.startsWith("begin ")).length === N, "worker A's handler started every event", 10_000);
+  // The round is still open: its deliveries and its cursor are not visible to anyone.
+  const counts = await deliveryCounts("settle");
+  const [{ lastIdNow }] = await db.sql<{ lastIdNow: string }[]>`select last_id::text as "lastIdNow" from outbox._dispatch_state`;
+  a.proc.kill("SIGKILL");
+  assert.deepEqual(counts, { total: 0, delivered: 0, delivering: 0, other: 0 }, "the round had not committed when A was killed");
+  assert.equal(lastIdNow, lastId, "the cursor had not moved when A was killed");
+  await exitWithin(a, 5_000);
+
+  const killedAt = Date.now();
+  const b = await spawnWorker("settle", "public.settle_events.insert", env);
+  await waitFor(
+    async () => (await deliveryCounts("settle")).delivered === N && (await undelivered("settle_events", "settle_received")).length === 0,
+    "every event received and delivered by worker B",
+    10_000,
+  );
+  t.diagnostic(`worker B delivered the events ${Date.now() - killedAt} ms after the kill`);
+  const rows = await db.sql<{ attempts: number }[]>`select attempts from outbox.deliveries where subscription = 'settle'`;
+  assert.deepEqual(rows.map((r) => r.attempts), Array(N).fill(1), "each delivery was written once, by B's round, on its first attempt");
+  const [{ byB }] = await db.sql<{ byB: number }[]>`select count(distinct event_id)::int as "byB" from settle_received where worker_pid = ${b.pid}`;
+  assert.equal(byB, N, "worker B handled every event");
+  b.proc.kill("SIGTERM");
+  assert.deepEqual(await exitWithin(b, 15_000), { code: 0, signal: null });
+});
+
 test("a killed dispatcher is replaced within seconds: new events keep being delivered", async (t) => {
   await capturedTable("disp_events");
   await receivedTable("disp_received");

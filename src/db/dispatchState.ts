@@ -1,6 +1,7 @@
 /** Runtime SQL of dispatch (`outbox._dispatch`, sql/110_dispatch.sql). */
 import type { Sql } from "postgres";
 import { isConnectionError } from "../errors.js";
+import { arrayParam } from "./arrayParam.js";
 
 /** A delivery that dispatch wrote already claimed by the calling worker. */
 export interface DispatchedClaim {
@@ -9,6 +10,8 @@ export interface DispatchedClaim {
   eventId: string;
   eventPosition: string;
   payload: string;
+  /** Written as delivered, to be settled before the round commits (see {@link DispatchClaimRequest.settle}). */
+  settle: boolean;
 }
 
 /** Result of one dispatch round. */
@@ -28,7 +31,19 @@ export interface DispatchClaimRequest {
   /** At most this many per subscription. */
   limit: number;
   leaseMs: number;
+  /**
+   * Of `subscriptions`, those whose deliveries are written as delivered and settled before the
+   * round commits (in-process handlers; see `outbox._dispatch`'s p_settle). Default none.
+   */
+  settle?: string[];
 }
+
+/**
+ * Runs a round's settled deliveries while its transaction is open (see
+ * {@link DispatchClaimRequest.settle}); resolves to the ids of those that did not succeed in
+ * time, which are put back to delivering before the commit.
+ */
+export type DispatchSettle = (round: DispatchRound) => Promise<string[]>;
 
 /** Advisory lock key: one dispatcher at a time, across all processes. */
 export const DISPATCH_LOCK_KEY = 7_320_110_003;
@@ -48,19 +63,30 @@ export async function dispatchLockRelease(conn: Sql): Promise<void> {
  * Runs one dispatch round in a REPEATABLE READ transaction, in one round trip (the three
  * statements travel as one simple query, hence the literals: names are quoted as SQL
  * strings). On error the transaction is rolled back.
+ *
+ * A round that settles deliveries (`claim.settle`) leaves its transaction open while
+ * `settle` runs them, then puts back those that did not succeed and commits, in a second
+ * round trip. Without claimed deliveries to settle, it commits at once.
  */
-export async function dispatchRoundRun(conn: Sql, maxEvents: number, claim?: DispatchClaimRequest): Promise<DispatchRound> {
+export async function dispatchRoundRun(
+  conn: Sql,
+  maxEvents: number,
+  claim?: DispatchClaimRequest,
+  settle?: DispatchSettle,
+): Promise<DispatchRound> {
   const literal = (value: string) => `'${value.replaceAll("'", "''")}'`;
+  const names = (list: string[]) => `array[${list.map(literal).join(",")}]::text[]`;
+  const settling = settle !== undefined && (claim?.settle?.length ?? 0) > 0;
   const claimArgs = claim
-    ? `${literal(claim.worker)}, array[${claim.subscriptions.map(literal).join(",")}]::text[], ${Math.trunc(claim.limit)}, ${Math.trunc(claim.leaseMs)}`
-    : "null, '{}', 0, 30000";
+    ? `${literal(claim.worker)}, ${names(claim.subscriptions)}, ${Math.trunc(claim.limit)}, ${Math.trunc(claim.leaseMs)}, ${names(settling ? claim.settle! : [])}`
+    : "null, '{}', 0, 30000, '{}'";
   try {
     const results = (await conn.unsafe(
       `begin isolation level repeatable read;
        select events, deliveries, last_id::text as "lastId", delivery_id::text as id, subscription,
-              event_id as "eventId", event_position::text as "eventPosition", payload
+              event_id as "eventId", event_position::text as "eventPosition", payload, settle
        from outbox._dispatch(${Math.trunc(maxEvents)}, ${claimArgs});
-       commit;`,
+       ${settling ? "" : "commit;"}`,
     )) as unknown as Array<Array<{ events: number; deliveries: number; lastId: string } & DispatchedClaim>>;
     const rows = results[1] ?? [];
     const first = rows[0];
@@ -70,9 +96,18 @@ export async function dispatchRoundRun(conn: Sql, maxEvents: number, claim?: Dis
     for (const r of rows) {
       if (r.id === null) continue;
       if (r.payload !== null) payload = r.payload;
-      claimed.push({ id: r.id, subscription: r.subscription, eventId: r.eventId, eventPosition: r.eventPosition, payload });
+      claimed.push({ id: r.id, subscription: r.subscription, eventId: r.eventId, eventPosition: r.eventPosition, payload, settle: r.settle });
     }
-    return { events: first?.events ?? 0, deliveries: first?.deliveries ?? 0, lastId: first?.lastId ?? "0", claimed };
+    const round = { events: first?.events ?? 0, deliveries: first?.deliveries ?? 0, lastId: first?.lastId ?? "0", claimed };
+    if (settling) {
+      const held = claimed.length > 0 ? await settle(round) : [];
+      // Sent together: a failed hold aborts the transaction, and the commit then rolls it back.
+      await Promise.all([
+        held.length > 0 ? conn`select outbox._delivery_hold(${claim!.worker}, ${arrayParam(conn, held, "bigint")}, ${Math.trunc(claim!.leaseMs)})` : undefined,
+        conn`commit`,
+      ]);
+    }
+    return round;
   } catch (error) {
     // After a failed statement the session is in an aborted transaction: end it, unless the
     // connection itself is gone (writing to it then can crash postgres.js).

@@ -6,9 +6,18 @@ import type { Logger } from "../logger.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport } from "../transports/transport.js";
 import { errorText } from "../transports/transport.js";
 import { ANSWER_WITHIN_MS, settleWithin } from "../db/settleWithin.js";
+import { RoundSettlement } from "./roundSettlement.js";
 
 /** Outcomes recorded per statement. */
 const FLUSH_BATCH = 5000;
+/** How long a subscription whose handler outlasted `settleWithinMs` is not settled in rounds. */
+const SLOW_SETTLE_PAUSE_MS = 10_000;
+
+/** A batch of attempts waiting for a slot, and the round settling them, if any. */
+interface QueuedBatch {
+  attempts: DeliveryAttempt[];
+  settlement?: RoundSettlement;
+}
 
 /** Options of the {@link Deliverer}. */
 export interface DelivererOptions {
@@ -35,6 +44,13 @@ export interface DelivererOptions {
   maxHeldPerSubscription?: number;
   /** Transport calls running at once per subscription in this process; default 100. */
   concurrencyPerSubscription?: number;
+  /**
+   * How long a dispatch round waits, with its transaction open, for the in-process handlers
+   * of the deliveries it wrote as delivered (see {@link RoundSettlement}); default 10 ms. 0
+   * writes them as delivering and records outcomes afterwards, as for other transports. A
+   * subscription whose handler outlasts it is not waited for in the next 10 s.
+   */
+  settleWithinMs?: number;
   /** Called after outcomes were recorded. */
   onSettled?: () => void;
 }
@@ -52,7 +68,9 @@ export class Deliverer {
   /** Transport calls running, per subscription. */
   private readonly running = new Map<string, number>();
   /** Claimed batches waiting for a free slot, per subscription. */
-  private readonly queued = new Map<string, DeliveryAttempt[][]>();
+  private readonly queued = new Map<string, QueuedBatch[]>();
+  /** Subscriptions not settled in dispatch rounds until the given time (their handlers were slow). */
+  private readonly slowUntil = new Map<string, number>();
   private leaseTimer: NodeJS.Timeout | undefined;
   private readonly pumping = new Set<string>();
   private readonly repump = new Set<string>();
@@ -67,6 +85,7 @@ export class Deliverer {
   private readonly claimBatch: number;
   private readonly maxInFlight: number;
   private readonly concurrency: number;
+  private readonly settleWithinMs: number;
   private idleWaiters: Array<() => void> = [];
   /**
    * Whether the next {@link pumpAll} claims for every served subscription, and which ones it
@@ -84,6 +103,7 @@ export class Deliverer {
     this.claimBatch = options.claimBatch ?? 1000;
     this.maxInFlight = options.maxHeldPerSubscription ?? 10_000;
     this.concurrency = options.concurrencyPerSubscription ?? 100;
+    this.settleWithinMs = options.settleWithinMs ?? 10;
     this.leaseTimer = setInterval(() => void this.extendLeases(), this.leaseMs / 3);
     this.leaseTimer.unref();
   }
@@ -170,7 +190,11 @@ export class Deliverer {
     const free = subs.map((s) => this.heldLimit(s) - (this.inFlight.get(s.name) ?? 0));
     const limit = Math.min(...free);
     if (subs.length === 0 || limit <= 0) return undefined;
-    return { worker: this.options.workerId, subscriptions: subs.map((s) => s.name), limit, leaseMs: this.leaseMs };
+    const now = Date.now();
+    const settle = this.settleWithinMs > 0
+      ? subs.filter((s) => this.transports.get(s.kind)?.settlesInRound && (this.slowUntil.get(s.name) ?? 0) <= now).map((s) => s.name)
+      : [];
+    return { worker: this.options.workerId, subscriptions: subs.map((s) => s.name), limit, leaseMs: this.leaseMs, settle };
   }
 
   /**
@@ -183,8 +207,16 @@ export class Deliverer {
     return Math.max(this.maxInFlight, Math.min(20_000, batch * this.concurrency));
   }
 
-  /** Starts deliveries that dispatch wrote already claimed for this worker. */
-  startClaimed(rows: DispatchedClaim[]): void {
+  /**
+   * Starts deliveries that dispatch wrote already claimed for this worker. For those it wrote
+   * as delivered (`settle`), in a transaction still open until `committed`, waits up to
+   * `settleWithinMs` and resolves to the ids to put back to delivering (see
+   * {@link RoundSettlement}); otherwise resolves to none at once.
+   */
+  async startClaimed(rows: DispatchedClaim[], committed: Promise<void> = Promise.resolve()): Promise<string[]> {
+    const settlement = new RoundSettlement(committed);
+    const held: string[] = [];
+    let settling = false;
     const bySubscription = new Map<string, DispatchedClaim[]>();
     for (const row of rows) {
       const list = bySubscription.get(row.subscription);
@@ -197,17 +229,32 @@ export class Deliverer {
       this.inFlight.set(name, (this.inFlight.get(name) ?? 0) + claimed.length);
       if (!sub || !transport) {
         // Unknown here (deleted meanwhile): let the lease run out rather than guess.
+        held.push(...claimed.filter((r) => r.settle).map((r) => r.id));
         continue;
       }
-      this.startAttempts(sub, transport, claimed.map((r) => ({ deliveryId: r.id, attempt: 1, body: r.payload, eventId: r.eventId })));
+      const attempt = (r: DispatchedClaim): DeliveryAttempt => ({ deliveryId: r.id, attempt: 1, body: r.payload, eventId: r.eventId });
+      const settled = claimed.filter((r) => r.settle);
+      if (settled.length < claimed.length) this.startAttempts(sub, transport, claimed.filter((r) => !r.settle).map(attempt));
+      if (settled.length > 0) {
+        settling = true;
+        settlement.add(name, settled.map((r) => r.id));
+        this.startAttempts(sub, transport, settled.map(attempt), settlement);
+      }
     }
+    if (!settling) return held;
+    const { held: unsettled, slow } = await settlement.close(this.settleWithinMs);
+    for (const name of slow) {
+      this.slowUntil.set(name, Date.now() + SLOW_SETTLE_PAUSE_MS);
+      this.options.logger.info({ subscription: name, settleWithinMs: this.settleWithinMs }, "handler outlasted settleWithinMs: for the next 10 s its deliveries are written as delivering, and recorded when it returns");
+    }
+    return [...held, ...unsettled];
   }
 
-  private startAttempts(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[]): void {
+  private startAttempts(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[], settlement?: RoundSettlement): void {
     const size = Math.max(1, transport.batchSize(sub));
     const queue = this.queued.get(sub.name) ?? [];
     this.queued.set(sub.name, queue);
-    for (let i = 0; i < attempts.length; i += size) queue.push(attempts.slice(i, i + size));
+    for (let i = 0; i < attempts.length; i += size) queue.push({ attempts: attempts.slice(i, i + size), settlement });
     this.startQueued(sub, transport);
   }
 
@@ -217,7 +264,8 @@ export class Deliverer {
     const limit = Math.min(Number(sub.config.concurrency ?? this.concurrency), this.concurrency);
     while (queue?.length && !this.stopping && (this.running.get(sub.name) ?? 0) < limit) {
       this.running.set(sub.name, (this.running.get(sub.name) ?? 0) + 1);
-      void this.run(sub, transport, queue.shift()!).finally(() => {
+      const batch = queue.shift()!;
+      void this.run(sub, transport, batch.attempts, batch.settlement).finally(() => {
         this.running.set(sub.name, (this.running.get(sub.name) ?? 0) - 1);
         this.startQueued(sub, transport);
       });
@@ -267,16 +315,21 @@ export class Deliverer {
     return claimed;
   }
 
-  private async run(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[]): Promise<void> {
+  private async run(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[], settlement?: RoundSettlement): Promise<void> {
     let outcomes: DeliveryOutcome[];
     try {
       outcomes = await transport.deliver(sub, attempts);
     } catch (error) {
       outcomes = attempts.map(() => ({ outcome: "retry", error: errorText(error) }));
     }
+    const afterCommit: typeof this.results = [];
     attempts.forEach((attempt, i) => {
       const o = outcomes[i] ?? { outcome: "retry" as const, error: "transport returned no outcome" };
-      this.results.push({
+      if (settlement?.finished(attempt.deliveryId, o.outcome === "delivered")) {
+        this.inFlight.set(sub.name, (this.inFlight.get(sub.name) ?? 0) - 1);
+        return;
+      }
+      (settlement ? afterCommit : this.results).push({
         subscription: sub.name,
         id: attempt.deliveryId,
         outcome: o.outcome,
@@ -292,7 +345,13 @@ export class Deliverer {
     });
     // Still held until the outcome is recorded (flush): claiming more before that would let
     // unrecorded outcomes pile up without bound when recording is the slower side.
-    this.scheduleFlush();
+    if (afterCommit.length > 0) {
+      void settlement!.committed.then(() => {
+        this.results.push(...afterCommit);
+        this.scheduleFlush();
+      });
+    } else if (!settlement) this.scheduleFlush();
+    else this.notifyIdle();
   }
 
   private async deactivate(sub: Subscription, reason: string): Promise<void> {
@@ -373,7 +432,7 @@ export class Deliverer {
     // Claimed but not started: not worth waiting for. The worker hands them back
     // (deliveryReleaseHeld) so that they are due again at once.
     for (const [name, queue] of this.queued) {
-      const dropped = queue.reduce((n, batch) => n + batch.length, 0);
+      const dropped = queue.reduce((n, batch) => n + batch.attempts.length, 0);
       queue.length = 0;
       this.inFlight.set(name, (this.inFlight.get(name) ?? 0) - dropped);
     }

@@ -94,13 +94,17 @@ export class Dispatcher {
 
   /**
    * Runs rounds until caught up, if this process holds or can take the dispatcher role.
-   * Deliveries a round wrote already claimed for this worker go to `onClaimed` at once.
+   * Deliveries a round wrote already claimed for this worker go to `onClaimed` at once; for a
+   * round that settles deliveries (see `DispatchClaimRequest.settle`), while its transaction
+   * is open, and the ids it resolves to are put back to delivering before the commit.
+   * `committed` resolves once that commit has been answered, or given up on (after which the
+   * rows may or may not exist): outcomes of those ids may be recorded from then on.
    * Returns the totals (with every claimed row, for counting), or null when another process is the
    * dispatcher.
    */
   async runUntilCaughtUp(
     claim?: () => DispatchClaimRequest | undefined,
-    onClaimed?: (round: DispatchRound) => void,
+    onClaimed?: (round: DispatchRound, committed: Promise<void>) => Promise<string[]>,
     maxRounds = 20,
   ): Promise<DispatchTotal | null> {
     const total: DispatchTotal = { events: 0, deliveries: 0, lastId: "0", claimed: [], rounds: 0 };
@@ -111,14 +115,21 @@ export class Dispatcher {
         this.logger.info("this process is now the dispatcher");
       }
       for (let round = 0; round < maxRounds; round++) {
-        const result = await this.guarded(dispatchRoundRun(this.client, this.maxEvents, claim?.()));
+        let handed = false;
+        let committed!: () => void;
+        const commitAnswered = new Promise<void>((resolve) => (committed = resolve));
+        const settle = async (r: DispatchRound) => {
+          handed = true;
+          return (await onClaimed?.(r, commitAnswered)) ?? [];
+        };
+        const result = await this.guarded(dispatchRoundRun(this.client, this.maxEvents, claim?.(), settle)).finally(committed);
         total.rounds++;
         total.events += result.events;
         total.deliveries += result.deliveries;
         total.lastId = result.lastId;
         if (result.claimed.length > 0) {
           total.claimed.push(...result.claimed);
-          onClaimed?.(result);
+          if (!handed) void onClaimed?.(result, commitAnswered);
         }
         if (result.events < this.maxEvents / 2) break;
       }

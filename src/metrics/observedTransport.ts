@@ -9,12 +9,14 @@ import type { WorkerMetrics } from "./workerMetrics.js";
  */
 export class ObservedTransport implements Transport {
   readonly kind: string;
+  readonly settlesInRound: boolean | undefined;
 
   constructor(
     private readonly inner: Transport,
     private readonly metrics: WorkerMetrics,
   ) {
     this.kind = inner.kind;
+    this.settlesInRound = inner.settlesInRound;
   }
 
   batchSize(subscription: Subscription): number {

@@ -28,6 +28,8 @@ export class NonRetryableError extends Error {
  */
 export class HandlerTransport implements Transport {
   readonly kind = "handler";
+  /** Handlers usually return within the dispatch round's wait; those that do not are not waited for. */
+  readonly settlesInRound = true;
   private readonly handlers = new Map<string, EventHandler>();
 
   register(name: string, handler: EventHandler): void {

@@ -82,6 +82,12 @@ export interface Transport {
   batchSize(subscription: Subscription): number;
   /** Whether this worker can deliver for `subscription` (a handler must be registered here). */
   serves(subscription: Subscription): boolean;
+  /**
+   * Whether dispatch may write this transport's first attempts as delivered and wait for them
+   * before it commits (see src/delivery/roundSettlement.ts): for deliveries that finish in
+   * this process within milliseconds. Default false.
+   */
+  readonly settlesInRound?: boolean;
   /** Delivers attempts; returns one outcome per attempt, in order. Must not throw. */
   deliver(subscription: Subscription, attempts: DeliveryAttempt[]): Promise<DeliveryOutcome[]>;
   /** Releases connections. */

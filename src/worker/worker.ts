@@ -51,6 +51,8 @@ export interface WorkerOptions {
   idleTtlMs: number;
   /** While busy, the pause before reading again after a small round; default 50 ms (see createOutbox's `worker.busyWaitMs`). */
   busyWaitMs: number;
+  /** How long a dispatch round waits for this worker's handlers; default 10 ms (see createOutbox's `worker.settleWithinMs`). */
+  settleWithinMs: number;
   /** How long stop() waits for in-flight deliveries; default 10000 ms. */
   drainTimeoutMs: number;
   /** Retention of delivered deliveries and their events; default 7 days. */
@@ -126,6 +128,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
     transports: http ? transports.map((t) => new ObservedTransport(t, http.metrics)) : transports,
     logger: logger.child({ component: "delivery" }),
     leaseMs: options.leaseMs,
+    settleWithinMs: options.settleWithinMs,
     // Recorded outcomes can free capacity, unblock an ordered key or leave a retry: claim
     // then. Otherwise they make nothing new claimable, and a round would only cost.
     onSettled: () => {
@@ -206,7 +209,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
         const round = dispatching
           ? await dispatcher.runUntilCaughtUp(
               () => deliverer.dispatchClaimRequest(),
-              (r) => deliverer.startClaimed(r.claimed),
+              (r, committed) => deliverer.startClaimed(r.claimed, committed),
             )
           : null;
         const events = round?.events ?? 0;

@@ -1,15 +1,14 @@
 import type { Sql } from "postgres";
-import { deliveryClaimDue, deliveryCompleteBatch, deliveryLeaseExtend, type DeliveryResult } from "../db/deliveries.js";
+import { deliveryClaimDue, deliveryLeaseExtend } from "../db/deliveries.js";
 import type { DispatchClaimRequest, DispatchedClaim } from "../db/dispatchState.js";
 import { subscriptionDeactivate } from "../db/subscriptions.js";
 import type { Logger } from "../logger.js";
 import type { DeliveryAttempt, DeliveryOutcome, Subscription, Transport } from "../transports/transport.js";
 import { errorText } from "../transports/transport.js";
 import { ANSWER_WITHIN_MS, settleWithin } from "../db/settleWithin.js";
+import { OutcomeRecorder, type RecordedOutcome } from "./outcomeRecorder.js";
 import { RoundSettlement } from "./roundSettlement.js";
 
-/** Outcomes recorded per statement. */
-const FLUSH_BATCH = 5000;
 /** How long a subscription whose handler outlasted `settleWithinMs` is not settled in rounds. */
 const SLOW_SETTLE_PAUSE_MS = 10_000;
 
@@ -74,11 +73,9 @@ export class Deliverer {
   private leaseTimer: NodeJS.Timeout | undefined;
   private readonly pumping = new Set<string>();
   private readonly repump = new Set<string>();
-  /** Outcomes not recorded yet; their deliveries still count as held by their subscription. */
-  private results: Array<DeliveryResult & { subscription: string }> = [];
+  /** Records outcomes; until it has, their deliveries still count as held by their subscription. */
+  private readonly outcomes: OutcomeRecorder;
   private extending = false;
-  private flushing: Promise<void> | undefined;
-  private flushScheduled = false;
   private stopping = false;
   private closed = false;
   private readonly leaseMs: number;
@@ -104,6 +101,25 @@ export class Deliverer {
     this.maxInFlight = options.maxHeldPerSubscription ?? 10_000;
     this.concurrency = options.concurrencyPerSubscription ?? 100;
     this.settleWithinMs = options.settleWithinMs ?? 10;
+    this.outcomes = new OutcomeRecorder({
+      sql: options.sql,
+      workerId: options.workerId,
+      logger: options.logger,
+      onRecorded: (batch) => {
+        for (const r of batch) this.inFlight.set(r.subscription, (this.inFlight.get(r.subscription) ?? 0) - 1);
+        // Subscriptions that dispatch does not claim for, whose recorded outcomes make their
+        // next deliveries claimable (ordered: the key's next event; a `concurrency` limit: a
+        // free slot).
+        for (const name of new Set(batch.map((r) => r.subscription))) {
+          const sub = this.subscriptions.get(name);
+          if (sub && (sub.ordered || sub.config.concurrency !== undefined)) this.claimFor.add(name);
+        }
+      },
+      afterFlush: () => {
+        if (!this.stopping) this.options.onSettled?.();
+        this.notifyIdle();
+      },
+    });
     this.leaseTimer = setInterval(() => void this.extendLeases(), this.leaseMs / 3);
     this.leaseTimer.unref();
   }
@@ -322,14 +338,15 @@ export class Deliverer {
     } catch (error) {
       outcomes = attempts.map(() => ({ outcome: "retry", error: errorText(error) }));
     }
-    const afterCommit: typeof this.results = [];
+    const now: RecordedOutcome[] = [];
+    const afterCommit: RecordedOutcome[] = [];
     attempts.forEach((attempt, i) => {
       const o = outcomes[i] ?? { outcome: "retry" as const, error: "transport returned no outcome" };
       if (settlement?.finished(attempt.deliveryId, o.outcome === "delivered")) {
         this.inFlight.set(sub.name, (this.inFlight.get(sub.name) ?? 0) - 1);
         return;
       }
-      (settlement ? afterCommit : this.results).push({
+      (settlement ? afterCommit : now).push({
         subscription: sub.name,
         id: attempt.deliveryId,
         outcome: o.outcome,
@@ -345,13 +362,9 @@ export class Deliverer {
     });
     // Still held until the outcome is recorded (flush): claiming more before that would let
     // unrecorded outcomes pile up without bound when recording is the slower side.
-    if (afterCommit.length > 0) {
-      void settlement!.committed.then(() => {
-        this.results.push(...afterCommit);
-        this.scheduleFlush();
-      });
-    } else if (!settlement) this.scheduleFlush();
-    else this.notifyIdle();
+    if (now.length > 0) this.outcomes.push(now);
+    if (afterCommit.length > 0) void settlement!.committed.then(() => this.outcomes.push(afterCommit));
+    this.notifyIdle();
   }
 
   private async deactivate(sub: Subscription, reason: string): Promise<void> {
@@ -360,58 +373,6 @@ export class Deliverer {
     await subscriptionDeactivate(this.options.sql, sub.name, reason).catch((error) =>
       this.options.logger.error({ subscription: sub.name, err: error }, "could not deactivate subscription"),
     );
-  }
-
-  private scheduleFlush(): void {
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    // One tick of batching: outcomes that finish together are recorded in one statement.
-    setImmediate(() => {
-      this.flushScheduled = false;
-      void this.flush();
-    });
-  }
-
-  /** Records buffered outcomes; retries on failure (the lease protects the deliveries meanwhile). */
-  async flush(): Promise<void> {
-    while (this.flushing) await this.flushing;
-    if (this.results.length === 0) return this.notifyIdle();
-    // Bounded statements: a backlog of outcomes is recorded a few thousand at a time.
-    const batch = this.results.splice(0, FLUSH_BATCH);
-    if (this.results.length > 0) this.scheduleFlush();
-    const release = () => {
-      for (const r of batch) this.inFlight.set(r.subscription, (this.inFlight.get(r.subscription) ?? 0) - 1);
-    };
-    // Subscriptions that dispatch does not claim for, whose recorded outcomes make their next
-    // deliveries claimable (ordered: the key's next event; a `concurrency` limit: a free slot).
-    const unblocks = () => {
-      for (const name of new Set(batch.map((r) => r.subscription))) {
-        const sub = this.subscriptions.get(name);
-        if (sub && (sub.ordered || sub.config.concurrency !== undefined)) this.claimFor.add(name);
-      }
-    };
-    this.flushing = (async () => {
-      try {
-        await settleWithin(deliveryCompleteBatch(this.options.sql, this.options.workerId, batch), ANSWER_WITHIN_MS);
-        release();
-        unblocks();
-      } catch (error) {
-        if (this.closed) {
-          // The pool is gone: the leases of these deliveries expire and they are retried.
-          this.options.logger.warn({ err: error, count: batch.length }, "outcomes not recorded after stop");
-          release();
-          return;
-        }
-        this.options.logger.error({ err: error, count: batch.length }, "could not record outcomes; retrying");
-        this.results.unshift(...batch);
-        await new Promise((r) => setTimeout(r, 200).unref());
-        this.scheduleFlush();
-      }
-    })();
-    await this.flushing;
-    this.flushing = undefined;
-    if (!this.stopping) this.options.onSettled?.();
-    this.notifyIdle();
   }
 
   private notifyIdle(): void {
@@ -423,6 +384,7 @@ export class Deliverer {
   /** Marks the pool closed: outcomes that arrive later are not retried forever. */
   close(): void {
     this.closed = true;
+    this.outcomes.close();
     clearInterval(this.leaseTimer);
   }
 
@@ -442,7 +404,7 @@ export class Deliverer {
         new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref()),
       ]);
     }
-    await this.flush();
+    await this.outcomes.flush();
     const drained = this.inFlightTotal === 0;
     for (const t of this.transports.values()) await t.close?.();
     return drained;

@@ -21,8 +21,17 @@ import { graphileLogger } from "./graphileLogger.js";
 import { LateWriterWatch } from "./lateWriterWatch.js";
 import { workerClientOptions } from "./workerClientOptions.js";
 
-/** A busy worker's round with fewer events than this (and at least {@link BUSY_MIN_RATE}) is followed by `busyWaitMs` of gathering. */
+/** A round with fewer events than this is small: an idle worker that read it stays idle, and reads again only when woken. */
 const SMALL_ROUND = 100;
+/**
+ * A busy worker's round with fewer events than this (at {@link BUSY_MIN_RATE} or more) is
+ * followed by `busyWaitMs` of gathering; a larger one means the worker is behind, and it
+ * reads again at once. Pausing only after rounds below 100, as before, a steady stream made
+ * rounds alternate: one large after each pause, then one of the few events that came during
+ * it, read at once. Pausing after both halved the rounds (270 to 158 in 10 s beside
+ * saturating writers) and took about 15% off the worker's CPU per event.
+ */
+const BEHIND_ROUND = 500;
 /**
  * Events per second below which a busy worker does not pause to gather: it reads again at
  * once, finds the stream thin, and goes idle, so that each write wakes it again. Without
@@ -233,7 +242,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
           // a round for each. Only in a stream (marked busy, more than one event since the
           // last round, at BUSY_MIN_RATE or more): sparse writes keep their latency.
           const rate = (events * 1000) / Math.max(1, sinceLastRound);
-          if (!idle && events >= 2 && events < SMALL_ROUND && rate >= BUSY_MIN_RATE && options.busyWaitMs > 0) await sleep(options.busyWaitMs);
+          if (!idle && events >= 2 && events < BEHIND_ROUND && rate >= BUSY_MIN_RATE && options.busyWaitMs > 0) await sleep(options.busyWaitMs);
           // While the idle mark is live, every write committed after this round's snapshot
           // notifies (setting `again`): reading again only to find nothing would double the
           // cost of a lone write's round.

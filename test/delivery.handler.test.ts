@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import postgres from "postgres";
 import { NonRetryableError } from "../src/transports/handler.js";
 import type { OutboxEvent } from "../src/transports/transport.js";
 import { useTestDatabase, waitFor } from "./harness.js";
@@ -282,6 +283,33 @@ test("a handler that outlasts settleWithinMs: its delivery is delivering (leased
     assert.equal(seen.length, 2, "each handler call happened once");
     assert.equal(await writtenByLastRound(rows[1]!.id), false, "written as delivering and recorded afterwards, not settled in the round");
   } finally {
+    await w.stop();
+  }
+});
+
+test("in a round that waits for a handler, another subscription's delivery of the same event is recorded after the round commits: one attempt, delivered", async () => {
+  await capturedTable(db.sql, "h10");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind, config) values ('h10_notify', 'public.h10.*', 'notify', '{"channel": "h10_channel"}')`;
+  const listener = postgres(db.url, { max: 1, onnotice: () => undefined });
+  const heard: string[] = [];
+  await listener.listen("h10_channel", (payload) => void heard.push(payload));
+  // The handler keeps the round open for 200 ms; the notification goes out within it, and
+  // its outcome, recorded before the commit, would find no row.
+  const w = await startOutbox(db, (o) => o.handle("h10_handler", "public.h10.*", () => new Promise((resolve) => setTimeout(resolve, 200))), {
+    ...testWorkerOptions,
+    settleWithinMs: 1000,
+  });
+  try {
+    await db.sql`insert into h10 (id, status) values (1, 'new')`;
+    const rows = await waitFor(async () => {
+      const list = await db.sql<{ subscription: string; status: string; attempts: number }[]>`
+        select subscription, status, attempts from outbox.deliveries where subscription like 'h10%' order by subscription`;
+      return list.length === 2 && list.every((r) => r.status === "delivered") ? list : undefined;
+    }, "both deliveries delivered");
+    assert.deepEqual(rows.map((r) => [r.subscription, r.attempts]), [["h10_handler", 1], ["h10_notify", 1]], "each delivered on its first attempt");
+    assert.equal(heard.length, 1, "the notification was sent once");
+  } finally {
+    await listener.end({ timeout: 5 });
     await w.stop();
   }
 });

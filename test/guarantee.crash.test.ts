@@ -245,7 +245,9 @@ test("kill -9 while a dispatch round waits for its handlers: nothing of the roun
   const [{ lastId }] = await db.sql<{ lastId: string }[]>`select last_id::text as "lastId" from outbox._dispatch_state`;
   await db.sql`insert into settle_events (id) select g from generate_series(1, ${N}::int) g`;
   await waitFor(async () => a.lines.filter((l) => l.startsWith("begin ")).length === N, "worker A's handler started every event", 10_000);
-  // The round is still open: its deliveries and its cursor are not visible to anyone.
+  // Frozen, so that its wait cannot end and commit the round while the test looks: the round
+  // is still open, and its deliveries and its cursor are not visible to anyone.
+  a.proc.kill("SIGSTOP");
   const counts = await deliveryCounts("settle");
   const [{ lastIdNow }] = await db.sql<{ lastIdNow: string }[]>`select last_id::text as "lastIdNow" from outbox._dispatch_state`;
   a.proc.kill("SIGKILL");

@@ -1,6 +1,6 @@
 /** Runtime SQL of dispatch (`outbox._dispatch`, sql/110_dispatch.sql). */
 import type { Sql } from "postgres";
-import { isConnectionError } from "../errors.js";
+import { isConnectionError, OutboxError } from "../errors.js";
 import { arrayParam } from "./arrayParam.js";
 
 /** A delivery that dispatch wrote already claimed by the calling worker. */
@@ -92,20 +92,25 @@ export async function dispatchRoundRun(
     const first = rows[0];
     // Rows come in event order; an event's envelope is sent on its first row only.
     let payload = "";
+    let position = "";
     const claimed: DispatchedClaim[] = [];
     for (const r of rows) {
       if (r.id === null) continue;
       if (r.payload !== null) payload = r.payload;
+      else if (r.eventPosition !== position) throw new OutboxError("database_error", `dispatch returned no envelope for the event at position ${r.eventPosition}`);
+      position = r.eventPosition;
       claimed.push({ id: r.id, subscription: r.subscription, eventId: r.eventId, eventPosition: r.eventPosition, payload, settle: r.settle });
     }
     const round = { events: first?.events ?? 0, deliveries: first?.deliveries ?? 0, lastId: first?.lastId ?? "0", claimed };
     if (settling) {
       const held = claimed.length > 0 ? await settle(round) : [];
-      // Sent together: a failed hold aborts the transaction, and the commit then rolls it back.
-      await Promise.all([
-        held.length > 0 ? conn`select outbox._delivery_hold(${claim!.worker}, ${arrayParam(conn, held, "bigint")}, ${Math.trunc(claim!.leaseMs)})` : undefined,
-        conn`commit`,
-      ]);
+      if (held.length > 0) {
+        const [row] = await conn<{ n: number }[]>`
+          select outbox._delivery_hold(${claim!.worker}, ${arrayParam(conn, held, "bigint")}, ${Math.trunc(claim!.leaseMs)}) as n`;
+        // Anything else would leave a delivery recorded as delivered that was not: roll back.
+        if (row?.n !== held.length) throw new OutboxError("database_error", `dispatch could put back ${row?.n} of ${held.length} unsettled deliveries`);
+      }
+      await conn`commit`;
     }
     return round;
   } catch (error) {

@@ -16,6 +16,8 @@ const SLOW_SETTLE_PAUSE_MS = 10_000;
 interface QueuedBatch {
   attempts: DeliveryAttempt[];
   settlement?: RoundSettlement;
+  /** Resolves once the rows of these attempts are committed: outcomes are recorded after it. */
+  committed?: Promise<void>;
 }
 
 /** Options of the {@link Deliverer}. */
@@ -230,7 +232,7 @@ export class Deliverer {
    * {@link RoundSettlement}); otherwise resolves to none at once.
    */
   async startClaimed(rows: DispatchedClaim[], committed: Promise<void> = Promise.resolve()): Promise<string[]> {
-    const settlement = new RoundSettlement(committed);
+    const settlement = new RoundSettlement();
     const held: string[] = [];
     let settling = false;
     const bySubscription = new Map<string, DispatchedClaim[]>();
@@ -250,11 +252,12 @@ export class Deliverer {
       }
       const attempt = (r: DispatchedClaim): DeliveryAttempt => ({ deliveryId: r.id, attempt: 1, body: r.payload, eventId: r.eventId });
       const settled = claimed.filter((r) => r.settle);
-      if (settled.length < claimed.length) this.startAttempts(sub, transport, claimed.filter((r) => !r.settle).map(attempt));
+      // Written in the same round: their rows exist for the pool only after its commit.
+      if (settled.length < claimed.length) this.startAttempts(sub, transport, claimed.filter((r) => !r.settle).map(attempt), { committed });
       if (settled.length > 0) {
         settling = true;
         settlement.add(name, settled.map((r) => r.id));
-        this.startAttempts(sub, transport, settled.map(attempt), settlement);
+        this.startAttempts(sub, transport, settled.map(attempt), { settlement, committed });
       }
     }
     if (!settling) return held;
@@ -266,11 +269,11 @@ export class Deliverer {
     return [...held, ...unsettled];
   }
 
-  private startAttempts(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[], settlement?: RoundSettlement): void {
+  private startAttempts(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[], round: Omit<QueuedBatch, "attempts"> = {}): void {
     const size = Math.max(1, transport.batchSize(sub));
     const queue = this.queued.get(sub.name) ?? [];
     this.queued.set(sub.name, queue);
-    for (let i = 0; i < attempts.length; i += size) queue.push({ attempts: attempts.slice(i, i + size), settlement });
+    for (let i = 0; i < attempts.length; i += size) queue.push({ attempts: attempts.slice(i, i + size), ...round });
     this.startQueued(sub, transport);
   }
 
@@ -281,7 +284,7 @@ export class Deliverer {
     while (queue?.length && !this.stopping && (this.running.get(sub.name) ?? 0) < limit) {
       this.running.set(sub.name, (this.running.get(sub.name) ?? 0) + 1);
       const batch = queue.shift()!;
-      void this.run(sub, transport, batch.attempts, batch.settlement).finally(() => {
+      void this.run(sub, transport, batch).finally(() => {
         this.running.set(sub.name, (this.running.get(sub.name) ?? 0) - 1);
         this.startQueued(sub, transport);
       });
@@ -331,7 +334,7 @@ export class Deliverer {
     return claimed;
   }
 
-  private async run(sub: Subscription, transport: Transport, attempts: DeliveryAttempt[], settlement?: RoundSettlement): Promise<void> {
+  private async run(sub: Subscription, transport: Transport, { attempts, settlement, committed }: QueuedBatch): Promise<void> {
     let outcomes: DeliveryOutcome[];
     try {
       outcomes = await transport.deliver(sub, attempts);
@@ -346,7 +349,7 @@ export class Deliverer {
         this.inFlight.set(sub.name, (this.inFlight.get(sub.name) ?? 0) - 1);
         return;
       }
-      (settlement ? afterCommit : now).push({
+      (committed ? afterCommit : now).push({
         subscription: sub.name,
         id: attempt.deliveryId,
         outcome: o.outcome,
@@ -363,7 +366,7 @@ export class Deliverer {
     // Still held until the outcome is recorded (flush): claiming more before that would let
     // unrecorded outcomes pile up without bound when recording is the slower side.
     if (now.length > 0) this.outcomes.push(now);
-    if (afterCommit.length > 0) void settlement!.committed.then(() => this.outcomes.push(afterCommit));
+    if (afterCommit.length > 0) void committed!.then(() => this.outcomes.push(afterCommit));
     this.notifyIdle();
   }
 

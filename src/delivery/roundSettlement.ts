@@ -13,9 +13,6 @@ export class RoundSettlement {
   private open = true;
   private allFinished: (() => void) | undefined;
 
-  /** @param committed resolves once the round's commit has been answered (or given up on). */
-  constructor(readonly committed: Promise<void>) {}
-
   /** Adds a subscription's settled deliveries. */
   add(subscription: string, ids: readonly string[]): void {
     for (const id of ids) this.unfinished.set(id, subscription);
@@ -24,7 +21,7 @@ export class RoundSettlement {
   /**
    * Notes an attempt's outcome. Returns true when it is settled by the round (delivered while
    * the round waited): nothing more is recorded for it. Otherwise its outcome must be recorded
-   * after {@link committed}.
+   * once the round's commit has been answered.
    */
   finished(id: string, delivered: boolean): boolean {
     if (!this.open || !this.unfinished.delete(id)) return false;

@@ -120,9 +120,10 @@ export class Dispatcher {
         const commitAnswered = new Promise<void>((resolve) => (committed = resolve));
         const settle = async (r: DispatchRound) => {
           handed = true;
-          return (await onClaimed?.(r, commitAnswered)) ?? [];
+          return onClaimed!(r, commitAnswered);
         };
-        const result = await this.guarded(dispatchRoundRun(this.client, this.maxEvents, claim?.(), settle)).finally(committed);
+        // Without onClaimed nobody could settle: no round may then write deliveries as delivered.
+        const result = await this.guarded(dispatchRoundRun(this.client, this.maxEvents, claim?.(), onClaimed && settle)).finally(committed);
         total.rounds++;
         total.events += result.events;
         total.deliveries += result.deliveries;

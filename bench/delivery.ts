@@ -21,7 +21,7 @@ import { Logger, run, type Runner } from "graphile-worker";
 import postgres, { type Sql } from "postgres";
 import { migrate } from "../src/db/migrate.js";
 import { createOutbox } from "../src/outbox.js";
-import { measureUnderLoad, type LoadLatency } from "./loadLatency.js";
+import { measureUnderLoad, workerCpuText, type LoadLatency } from "./loadLatency.js";
 import { quantile } from "./quantile.js";
 import { waitFor } from "./waitFor.js";
 
@@ -197,9 +197,7 @@ async function outboxPart(url: string, sql: Sql, client: Sql, opts: DeliveryOpti
     if (opts.loadRate > 0) {
       opts.log(`outbox latency under load: ${opts.loadRate} single-row inserts per second for ${opts.loadSeconds} s (pgbench, 4 clients)`);
       underLoad = await measureUnderLoad(url, sql, "bench_load", loadLatencies, opts.loadRate, opts.loadSeconds);
-      const cpu = underLoad.workerCpuPerEvent;
-      opts.log(`  outbox: p50 ${underLoad.p50} ms, p99 ${underLoad.p99} ms, max ${underLoad.max} ms` +
-        (cpu ? `; worker CPU ${Math.round(cpu.node + cpu.postgres)} µs per event (Node ${Math.round(cpu.node)}, PostgreSQL ${Math.round(cpu.postgres)})` : ""));
+      opts.log(`  outbox: p50 ${underLoad.p50} ms, p99 ${underLoad.p99} ms, max ${underLoad.max} ms${workerCpuText(underLoad.workerCpuPerEvent)}`);
     }
 
     opts.log(`outbox throughput: ${opts.events} events, two writers inserting statements of ${opts.batch} rows`);
@@ -368,9 +366,7 @@ export function printDelivery(r: DeliveryReport): void {
   console.log(`fan-out: ${fi(r.fanOut.events)} events, each delivered to ${r.fanOut.subscriptions} handler subscriptions; first insert until every outcome is recorded`);
   const l = r.underLoad;
   if (l) {
-    const cpu = l.workerCpuPerEvent;
-    console.log(`under load (no goal): ${fi(l.rate)} inserts/s for ${l.seconds} s, event time to handler p50 ${l.p50} ms, p99 ${l.p99} ms, max ${l.max} ms` +
-      (cpu ? `; worker CPU ${fi(cpu.node + cpu.postgres)} µs per event (Node ${fi(cpu.node)}, PostgreSQL ${fi(cpu.postgres)})` : ""));
+    console.log(`under load (no goal): ${fi(l.rate)} inserts/s for ${l.seconds} s, event time to handler p50 ${l.p50} ms, p99 ${l.p99} ms, max ${l.max} ms${workerCpuText(l.workerCpuPerEvent)}`);
   }
   const goals = [
     [r.latency.outbox.p50 <= 5, `latency p50 ${f2(r.latency.outbox.p50)} ms <= 5 ms`],

@@ -51,3 +51,9 @@ export async function measureUnderLoad(
     workerCpuPerEvent: used ? { node: (used.nodeMs * 1000) / events, postgres: (used.postgresMs * 1000) / events } : null,
   };
 }
+
+/** `; worker CPU … µs per event (Node …, PostgreSQL …)`, or nothing where it could not be read. */
+export function workerCpuText(cpu: LoadLatency["workerCpuPerEvent"]): string {
+  const us = (n: number) => Math.round(n).toLocaleString("en-US");
+  return cpu ? `; worker CPU ${us(cpu.node + cpu.postgres)} µs per event (Node ${us(cpu.node)}, PostgreSQL ${us(cpu.postgres)})` : "";
+}

@@ -171,8 +171,11 @@ test("rolled-back writes are never delivered", async () => {
       );
     });
     await db.sql`insert into h5 (id) values (5)`;
-    await waitFor(async () => seen.includes(5), "the last committed insert to be delivered");
-    const rows = await deliveriesOf(db.sql, "h5_handler");
+    // The handler may run before its dispatch round commits (settleWithinMs): wait for the row too.
+    const rows = await waitFor(async () => {
+      const list = await deliveriesOf(db.sql, "h5_handler");
+      return seen.includes(5) && list.some((r) => r.row_id === 5) ? list : undefined;
+    }, "the last committed insert to be delivered and recorded");
     assert.deepEqual(rows.map((r) => r.row_id), [3, 5], "deliveries exist only for committed rows");
     assert.deepEqual([...seen].sort((a, b) => a - b), [3, 5]);
   } finally {

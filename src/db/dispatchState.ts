@@ -39,11 +39,12 @@ export interface DispatchClaimRequest {
 }
 
 /**
- * Runs a round's settled deliveries while its transaction is open (see
- * {@link DispatchClaimRequest.settle}); resolves to the ids of those that did not succeed in
- * time, which are put back to delivering before the commit.
+ * Takes a round's claimed deliveries. In a round that settles (see
+ * {@link DispatchClaimRequest.settle}) it is called while the transaction is open and resolves
+ * to the ids of settled deliveries that did not succeed in time, which are put back to
+ * delivering before the commit; otherwise it is called after the commit, and resolves to none.
  */
-export type DispatchSettle = (round: DispatchRound) => Promise<string[]>;
+export type DispatchHandOff = (round: DispatchRound) => Promise<string[]>;
 
 /** Advisory lock key: one dispatcher at a time, across all processes. */
 export const DISPATCH_LOCK_KEY = 7_320_110_003;
@@ -62,21 +63,21 @@ export async function dispatchLockRelease(conn: Sql): Promise<void> {
 /**
  * Runs one dispatch round in a REPEATABLE READ transaction, in one round trip (the three
  * statements travel as one simple query, hence the literals: names are quoted as SQL
- * strings). On error the transaction is rolled back.
+ * strings), and gives what it claimed to `handOff`. On error the transaction is rolled back.
  *
  * A round that settles deliveries (`claim.settle`) leaves its transaction open while
- * `settle` runs them, then puts back those that did not succeed and commits, in a second
- * round trip. Without claimed deliveries to settle, it commits at once.
+ * `handOff` runs them, then puts back those that did not succeed and commits, in a second
+ * round trip. Without a `handOff` nothing is settled: nobody would run the deliveries.
  */
 export async function dispatchRoundRun(
   conn: Sql,
   maxEvents: number,
   claim?: DispatchClaimRequest,
-  settle?: DispatchSettle,
+  handOff?: DispatchHandOff,
 ): Promise<DispatchRound> {
   const literal = (value: string) => `'${value.replaceAll("'", "''")}'`;
   const names = (list: string[]) => `array[${list.map(literal).join(",")}]::text[]`;
-  const settling = settle !== undefined && (claim?.settle?.length ?? 0) > 0;
+  const settling = handOff !== undefined && (claim?.settle?.length ?? 0) > 0;
   const claimArgs = claim
     ? `${literal(claim.worker)}, ${names(claim.subscriptions)}, ${Math.trunc(claim.limit)}, ${Math.trunc(claim.leaseMs)}, ${names(settling ? claim.settle! : [])}`
     : "null, '{}', 0, 30000, '{}'";
@@ -102,8 +103,8 @@ export async function dispatchRoundRun(
       claimed.push({ id: r.id, subscription: r.subscription, eventId: r.eventId, eventPosition: r.eventPosition, payload, settle: r.settle });
     }
     const round = { events: first?.events ?? 0, deliveries: first?.deliveries ?? 0, lastId: first?.lastId ?? "0", claimed };
+    const held = claimed.length > 0 ? ((await handOff?.(round)) ?? []) : [];
     if (settling) {
-      const held = claimed.length > 0 ? await settle(round) : [];
       if (held.length > 0) {
         const [row] = await conn<{ n: number }[]>`
           select outbox._delivery_hold(${claim!.worker}, ${arrayParam(conn, held, "bigint")}, ${Math.trunc(claim!.leaseMs)}) as n`;

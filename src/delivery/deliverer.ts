@@ -231,7 +231,7 @@ export class Deliverer {
    * `settleWithinMs` and resolves to the ids to put back to delivering (see
    * {@link RoundSettlement}); otherwise resolves to none at once.
    */
-  async startClaimed(rows: DispatchedClaim[], committed: Promise<void> = Promise.resolve()): Promise<string[]> {
+  async startClaimed(rows: DispatchedClaim[], committed: Promise<void>): Promise<string[]> {
     const settlement = new RoundSettlement();
     const held: string[] = [];
     let settling = false;

@@ -94,11 +94,10 @@ export class Dispatcher {
 
   /**
    * Runs rounds until caught up, if this process holds or can take the dispatcher role.
-   * Deliveries a round wrote already claimed for this worker go to `onClaimed` at once; for a
-   * round that settles deliveries (see `DispatchClaimRequest.settle`), while its transaction
-   * is open, and the ids it resolves to are put back to delivering before the commit.
-   * `committed` resolves once that commit has been answered, or given up on (after which the
-   * rows may or may not exist): outcomes of those ids may be recorded from then on.
+   * Deliveries a round wrote already claimed for this worker go to `onClaimed` at once (see
+   * `dispatchRoundRun`: in a round that settles, while its transaction is open).
+   * `committed` resolves once the round's commit has been answered, or given up on (after
+   * which the rows may or may not exist): their outcomes may be recorded from then on.
    * Returns the totals (with every claimed row, for counting), or null when another process is the
    * dispatcher.
    */
@@ -115,23 +114,15 @@ export class Dispatcher {
         this.logger.info("this process is now the dispatcher");
       }
       for (let round = 0; round < maxRounds; round++) {
-        let handed = false;
         let committed!: () => void;
         const commitAnswered = new Promise<void>((resolve) => (committed = resolve));
-        const settle = async (r: DispatchRound) => {
-          handed = true;
-          return onClaimed!(r, commitAnswered);
-        };
-        // Without onClaimed nobody could settle: no round may then write deliveries as delivered.
-        const result = await this.guarded(dispatchRoundRun(this.client, this.maxEvents, claim?.(), onClaimed && settle)).finally(committed);
+        const handOff = onClaimed && ((r: DispatchRound) => onClaimed(r, commitAnswered));
+        const result = await this.guarded(dispatchRoundRun(this.client, this.maxEvents, claim?.(), handOff)).finally(committed);
         total.rounds++;
         total.events += result.events;
         total.deliveries += result.deliveries;
         total.lastId = result.lastId;
-        if (result.claimed.length > 0) {
-          total.claimed.push(...result.claimed);
-          if (!handed) void onClaimed?.(result, commitAnswered);
-        }
+        total.claimed.push(...result.claimed);
         if (result.events < this.maxEvents / 2) break;
       }
       return total;

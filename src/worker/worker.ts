@@ -41,6 +41,20 @@ const BEHIND_ROUND = 500;
  */
 const BUSY_MIN_RATE = 200;
 
+/**
+ * Whether a busy worker lets writes gather for `busyWaitMs` after a round that read `events`
+ * that came in over `sinceLastRoundMs`: only in a stream (two events or more, at
+ * {@link BUSY_MIN_RATE} or more; sparse writes keep their latency), and only while neither
+ * the round nor what the pause would gather at that rate reaches {@link BEHIND_ROUND}. A
+ * backlog, or a burst (the first round of 5,000 events from bulk inserts found a few
+ * hundred), is read without a pause.
+ */
+function busyPauseDue(events: number, sinceLastRoundMs: number, busyWaitMs: number): boolean {
+  const rate = (events * 1000) / Math.max(1, sinceLastRoundMs);
+  const gathered = (rate * busyWaitMs) / 1000;
+  return busyWaitMs > 0 && events >= 2 && rate >= BUSY_MIN_RATE && Math.max(events, gathered) < BEHIND_ROUND;
+}
+
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Options of a worker process (validated by createOutbox). */
@@ -238,17 +252,8 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
         if (stopping) break;
         if (events > 0 || claimed > 0) {
           if (idle && ++busyRounds >= 2) setIdle(false);
-          // A busy worker after a small round: let the next few writes gather rather than pay
-          // a round for each. Only in a stream (marked busy, more than one event since the
-          // last round, at BUSY_MIN_RATE or more): sparse writes keep their latency. Not when
-          // writes come so fast that the pause would gather a round of BEHIND_ROUND: a burst
-          // (the first round of 5,000 events from bulk inserts found a few hundred) is read
-          // without a pause, as a backlog is.
-          const rate = (events * 1000) / Math.max(1, sinceLastRound);
-          const gathered = (rate * options.busyWaitMs) / 1000;
-          if (!idle && events >= 2 && events < BEHIND_ROUND && rate >= BUSY_MIN_RATE && gathered < BEHIND_ROUND && options.busyWaitMs > 0) {
-            await sleep(options.busyWaitMs);
-          }
+          // A busy worker in a stream: let the next writes gather rather than pay a round for each.
+          if (!idle && busyPauseDue(events, sinceLastRound, options.busyWaitMs)) await sleep(options.busyWaitMs);
           // While the idle mark is live, every write committed after this round's snapshot
           // notifies (setting `again`): reading again only to find nothing would double the
           // cost of a lone write's round.

@@ -1,5 +1,9 @@
 -- Dispatch: turns committed events into one delivery row per (event, matching subscription).
 
+-- The state row exists from the start: deleting or renaming a subscription updates it to
+-- exclude a concurrent round (see tg_subscriptions__cascade), which a missing row would not.
+insert into outbox._dispatch_state (id) values (1) on conflict do nothing;
+
 -- The deliveries the events of the given `_events` rows owe: one row per (event, matching
 -- active subscription, or only `p_subscription` when given, active or not). Matching is
 -- DESIGN.md's: topic pattern, tenant (a subscription with a tenant gets only that tenant's

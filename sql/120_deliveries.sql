@@ -215,7 +215,10 @@ declare
   v_created int;
   v_last_id bigint;
 begin
-  if not exists (select from outbox.subscriptions s where s.name = replay.subscription) then
+  -- Locked: a delete or rename waits for this transaction, then takes the deliveries created
+  -- here along (see tg_subscriptions__cascade).
+  perform from outbox.subscriptions s where s.name = replay.subscription for key share;
+  if not found then
     raise exception 'outbox.replay: no subscription %', quote_literal(replay.subscription) using errcode = 'P0002';
   end if;
   update outbox.deliveries d set

@@ -115,6 +115,115 @@ test("deleting a subscription deletes its deliveries", async () => {
   assert.equal((await deliveriesOf(db.sql, "l3_kept")).length, 2, "other subscriptions keep theirs");
 });
 
+test("renaming a subscription renames its deliveries; truncating subscriptions deletes every delivery", async () => {
+  await capturedTable(db.sql, "l3r");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind) values ('l3r_old', 'public.l3r.*', 'handler')`;
+  await db.sql`insert into l3r (id) values (1), (2)`;
+  await dispatchOnce(db.sql);
+  await db.sql`update outbox.subscriptions set name = 'l3r_new' where name = 'l3r_old'`;
+  assert.equal((await deliveriesOf(db.sql, "l3r_old")).length, 0);
+  assert.equal((await deliveriesOf(db.sql, "l3r_new")).length, 2, "the deliveries follow the new name");
+  await db.sql`update outbox.subscriptions set pattern = 'public.l3r.insert' where name = 'l3r_new'`;
+  assert.equal((await deliveriesOf(db.sql, "l3r_new")).length, 2, "other changes leave them alone");
+  await db.sql`truncate outbox.subscriptions cascade`;
+  assert.equal((await db.sql`select 1 from outbox.deliveries`).length, 0);
+});
+
+/** Deliveries whose subscription does not exist (what a delete or rename must never leave). */
+async function orphanDeliveries(): Promise<number> {
+  const [{ n }] = await db.sql<{ n: number }[]>`
+    select count(*)::int as n from outbox.deliveries d
+    where not exists (select from outbox.subscriptions s where s.name = d.subscription)`;
+  return n;
+}
+
+for (const change of ["delete", "rename"] as const) {
+  const statement = (name: string) =>
+    change === "delete"
+      ? db.sql`delete from outbox.subscriptions where name = ${name}`
+      : db.sql`update outbox.subscriptions set name = ${name + "_renamed"} where name = ${name}`;
+
+  test(`a subscription's ${change} committed after a dispatch round took its snapshot makes the round fail and read again, leaving no stray deliveries`, async () => {
+    const table = `l3${change[0]}a`;
+    await capturedTable(db.sql, table);
+    await db.sql`insert into outbox.subscriptions (name, pattern, kind) values
+      (${table + "_changed"}, ${`public.${table}.*`}, 'handler'), (${table + "_kept"}, ${`public.${table}.*`}, 'handler')`;
+    await db.sql.unsafe(`insert into ${table} (id) values (1), (2)`);
+    const round = await db.sql.reserve();
+    try {
+      await round`begin isolation level repeatable read`;
+      await round`select 1`; // the round's snapshot: it still sees the subscription as it was
+      await statement(table + "_changed");
+      const outcome = await round`select * from outbox._dispatch()`.then(() => "wrote", (error: { code?: string }) => error.code);
+      await round`rollback`;
+      assert.equal(outcome, "40001", "the round must not write deliveries for a subscription changed since its snapshot");
+    } finally {
+      round.release();
+    }
+    assert.equal((await dispatchOnce(db.sql)).events, 2, "the next round reads the events again");
+    assert.equal(await orphanDeliveries(), 0);
+    assert.equal((await deliveriesOf(db.sql, table + "_kept")).length, 2);
+    assert.equal((await deliveriesOf(db.sql, table + "_changed_renamed")).length, change === "rename" ? 2 : 0);
+  });
+
+  test(`a subscription's ${change} while a dispatch round is writing its deliveries waits for the round, then takes them along`, async () => {
+    const table = `l3${change[0]}b`;
+    await capturedTable(db.sql, table);
+    await db.sql`insert into outbox.subscriptions (name, pattern, kind) values
+      (${table + "_changed"}, ${`public.${table}.*`}, 'handler'), (${table + "_kept"}, ${`public.${table}.*`}, 'handler')`;
+    await db.sql.unsafe(`insert into ${table} (id) values (1), (2)`);
+    const round = await db.sql.reserve();
+    let changing: Promise<unknown> | undefined;
+    try {
+      await round`begin isolation level repeatable read`;
+      const [written] = await round<{ deliveries: number }[]>`select deliveries from outbox._dispatch()`;
+      assert.equal(written!.deliveries, 4);
+      changing = statement(table + "_changed").execute();
+      await waitFor(async () => {
+        const rows = await db.sql`
+          select 1 from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock' and query like ${change === "delete" ? "delete from outbox.subscriptions%" : "update outbox.subscriptions set name%"}`;
+        return rows.length > 0;
+      }, `the ${change} to wait for the round`);
+      await round`commit`;
+    } finally {
+      await round`rollback`.catch(() => undefined); // a no-op after the commit
+      round.release();
+    }
+    await changing;
+    assert.equal(await orphanDeliveries(), 0);
+    assert.equal((await deliveriesOf(db.sql, table + "_kept")).length, 2);
+    assert.equal((await deliveriesOf(db.sql, table + "_changed_renamed")).length, change === "rename" ? 2 : 0);
+  });
+}
+
+test("a subscription deleted while replay creates its deliveries waits for the replay, then takes them along", async () => {
+  await capturedTable(db.sql, "l3p");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind, active) values ('l3p_replayed', 'public.l3p.*', 'handler', false)`;
+  await db.sql`insert into l3p (id) values (1), (2)`;
+  await dispatchOnce(db.sql); // while inactive: no deliveries, replay creates them
+  const replay = await db.sql.reserve();
+  let deleting: Promise<unknown> | undefined;
+  try {
+    await replay`begin`;
+    const [{ n }] = await replay<{ n: number }[]>`select outbox.replay('l3p_replayed', now() - interval '1 hour') as n`;
+    assert.equal(n, 2);
+    deleting = db.sql`delete from outbox.subscriptions where name = 'l3p_replayed'`.execute();
+    await waitFor(async () => {
+      const rows = await db.sql`
+        select 1 from pg_stat_activity
+        where datname = current_database() and wait_event_type = 'Lock' and query like 'delete from outbox.subscriptions%'`;
+      return rows.length > 0;
+    }, "the delete to wait for the replay");
+    await replay`commit`;
+  } finally {
+    await replay`rollback`.catch(() => undefined); // a no-op after the commit
+    replay.release();
+  }
+  await deleting;
+  assert.equal(await orphanDeliveries(), 0);
+});
+
 test("a notify subscription inserted with plain SQL while the worker runs is served within a second, without a restart", async () => {
   await capturedTable(db.sql, "l4");
   // A slow safety-net poll: the subscription change notification must be what picks it up.

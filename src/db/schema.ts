@@ -110,6 +110,8 @@ export const subscriptions = outboxSchema.table(
  * `order_key` (ordered subscriptions only) is the key whose events go one at a time.
  * `locked_until` is the lease of a claimed delivery: after a crash another worker takes it
  * over when the lease ends, without waiting for anything held by the dead process.
+ * `subscription` has no foreign key: triggers on subscriptions cascade deletes and renames
+ * (sql/100_subscriptions.sql), without a key check on every delivery dispatch writes.
  */
 export const deliveries = outboxSchema.table(
   "deliveries",
@@ -117,9 +119,7 @@ export const deliveries = outboxSchema.table(
     id: bigint("id", { mode: "bigint" }).primaryKey().generatedAlwaysAsIdentity(),
     eventId: uuid("event_id").notNull(),
     eventPosition: bigint("event_position", { mode: "bigint" }).notNull(),
-    subscription: text("subscription")
-      .notNull()
-      .references(() => subscriptions.name, { onDelete: "cascade", onUpdate: "cascade" }),
+    subscription: text("subscription").notNull(),
     status: text("status").notNull().default("pending"),
     attempts: integer("attempts").notNull().default(0),
     nextAttemptAt: timestamp("next_attempt_at", { withTimezone: true }).notNull().defaultNow(),

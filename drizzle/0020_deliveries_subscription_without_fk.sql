@@ -1,0 +1,1 @@
+ALTER TABLE "outbox"."deliveries" DROP CONSTRAINT "deliveries_subscription_subscriptions_name_fk";

@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import postgres from "postgres";
-import { NonRetryableError } from "../src/transports/handler.js";
+import { dispatchRoundRun } from "../src/db/dispatchState.js";
+import { subscriptionList } from "../src/db/subscriptions.js";
+import { Deliverer } from "../src/delivery/deliverer.js";
+import { silentLogger } from "../src/logger.js";
+import { HandlerTransport, NonRetryableError } from "../src/transports/handler.js";
 import type { OutboxEvent } from "../src/transports/transport.js";
 import { useTestDatabase, waitFor } from "./harness.js";
 import { capturedTable, deliveriesOf, recordOutcomes, startOutbox, testWorkerOptions } from "./deliveryHelpers.js";
@@ -314,5 +318,40 @@ test("in a round that waits for a handler, another subscription's delivery of th
   } finally {
     await listener.end({ timeout: 5 });
     await w.stop();
+  }
+});
+
+test("deliveries a round claimed for a subscription missing from the worker's cache by the hand-off are handed back, due at once, instead of staying held", async () => {
+  await capturedTable(db.sql, "h11");
+  await db.sql`insert into outbox.subscriptions (name, pattern, kind) values ('h11_old', 'public.h11.*', 'handler')`;
+  await db.sql`insert into h11 (id) values (1), (2)`;
+  const handlers = new HandlerTransport();
+  handlers.register("h11_old", () => undefined);
+  const deliverer = new Deliverer({ sql: db.sql, workerId: "h11-worker", transports: [handlers], logger: silentLogger() });
+  deliverer.setSubscriptions(await subscriptionList(db.sql));
+  const claim = deliverer.dispatchClaimRequest();
+  assert.deepEqual(claim?.settle, ["h11_old"], "claimed and settled in the round");
+  // The cache is reloaded between the claim request and the hand-off, without the subscription
+  // (as after a rename or delete that the round's own snapshot did not see yet).
+  deliverer.setSubscriptions([]);
+  const conn = postgres(db.url, { max: 1, onnotice: () => undefined });
+  try {
+    let committed!: () => void;
+    const commitAnswered = new Promise<void>((resolve) => (committed = resolve));
+    const round = await dispatchRoundRun(conn, 100, claim, (r) => deliverer.startClaimed(r.claimed, commitAnswered)).finally(committed);
+    assert.equal(round.claimed.length, 2);
+    const rows = await waitFor(async () => {
+      const list = await deliveriesOf(db.sql, "h11_old");
+      return list.every((d) => d.status === "retrying") ? list : undefined;
+    }, "the deliveries to be handed back");
+    assert.equal(rows.length, 2);
+    assert.ok(rows.every((d) => /renamed or deleted/.test(d.last_error ?? "")), "last_error says why");
+    const [due] = await db.sql<{ n: number }[]>`
+      select count(*)::int as n from outbox.deliveries where subscription = 'h11_old' and next_attempt_at <= now() and locked_by is null`;
+    assert.equal(due!.n, 2, "due at once, for whoever serves the subscription now");
+    assert.equal(deliverer.inFlightTotal, 0, "not counted as held by this worker");
+  } finally {
+    deliverer.close();
+    await conn.end();
   }
 });

@@ -12,6 +12,9 @@ import { RoundSettlement } from "./roundSettlement.js";
 /** How long a subscription whose handler outlasted `settleWithinMs` is not settled in rounds. */
 const SLOW_SETTLE_PAUSE_MS = 10_000;
 
+/** `last_error` of a delivery handed back because the subscription changed while it was claimed. */
+const UNKNOWN_SUBSCRIPTION_ERROR = "not attempted: the subscription was renamed or deleted while its delivery was being claimed";
+
 /** A batch of attempts waiting for a slot, and the round settling them, if any. */
 interface QueuedBatch {
   attempts: DeliveryAttempt[];
@@ -246,8 +249,15 @@ export class Deliverer {
       const transport = sub && this.transports.get(sub.kind);
       this.inFlight.set(name, (this.inFlight.get(name) ?? 0) + claimed.length);
       if (!sub || !transport) {
-        // Unknown here (deleted meanwhile): let the lease run out rather than guess.
+        // Unknown here: renamed or deleted after the round's claim was asked for. Handed back
+        // as due at once, once the round commits (settled rows are put back to delivering
+        // first), for whoever serves the subscription now. Left held, their leases would be
+        // extended for as long as this worker holds anything else.
         held.push(...claimed.filter((r) => r.settle).map((r) => r.id));
+        const back = claimed.map((r): RecordedOutcome => ({
+          subscription: name, id: r.id, outcome: "retry", error: UNKNOWN_SUBSCRIPTION_ERROR, status: null, retryAfterMs: 0,
+        }));
+        void committed.then(() => this.outcomes.push(back));
         continue;
       }
       const attempt = (r: DispatchedClaim): DeliveryAttempt => ({ deliveryId: r.id, attempt: 1, body: r.payload, eventId: r.eventId });

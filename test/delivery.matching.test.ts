@@ -82,6 +82,26 @@ test("topic_matches: `*`, `**` and literal segments, including regex characters"
   assert.equal(rows.length, patternCases.length);
 });
 
+test("dispatch matches the pattern table exactly as topic_matches does (exact patterns are compared as text, the others by regex)", async () => {
+  const patterns = [...new Set(patternCases.map((c) => c[0]))];
+  const topics = [...new Set(patternCases.map((c) => c[1]))];
+  for (const [i, pattern] of patterns.entries()) {
+    await db.sql`insert into outbox.subscriptions (name, pattern, kind, active) values (${`pt_${i}`}, ${pattern}, 'handler', true)`;
+  }
+  // Topics emit refuses (a backslash is fine, none has a wildcard) would fail here, not pass silently.
+  for (const topic of topics) await db.sql`select outbox.emit(${topic}, '{}')`;
+  await dispatchOnce(db.sql);
+  const rows = await db.sql<{ subscription: string; topic: string }[]>`
+    select d.subscription, e.topic from outbox.deliveries d join outbox.events e on e.id = d.event_id
+    where d.subscription like 'pt\_%'`;
+  const delivered = new Set(rows.map((r) => `${r.subscription} ${r.topic}`));
+  const wrong = patternCases
+    .filter(([pattern, topic, matches]) => delivered.has(`pt_${patterns.indexOf(pattern)} ${topic}`) !== matches)
+    .map(([pattern, topic, matches]) => `${pattern} ~ ${topic}: expected ${matches}`);
+  assert.deepEqual(wrong, []);
+  await db.sql`delete from outbox.subscriptions where name like 'pt\_%'`;
+});
+
 test("dispatch creates deliveries by pattern: one per matching subscription, none for the others", async () => {
   const insert = (name: string, pattern: string) =>
     db.sql`insert into outbox.subscriptions (name, pattern, kind) values (${name}, ${pattern}, 'handler')`;

@@ -8,11 +8,11 @@ insert into outbox._dispatch_state (id) values (1) on conflict do nothing;
 -- active subscription, or only `p_subscription` when given, active or not). Matching is
 -- DESIGN.md's: topic pattern, tenant (a subscription with a tenant gets only that tenant's
 -- events), and the jsonpath filter over the envelope. Shared by dispatch and replay.
--- Each match also carries its event and row image, from which dispatch builds the envelopes
--- of what it claims without reading and expanding the events a second time.
+-- (Until migration 0023 it also returned each match's event and image, for dispatch to build
+-- envelopes from: that cost statements of many rows twice the database time per event.)
 drop function if exists outbox._event_matches(bigint[], text);
 create or replace function outbox._event_matches(p_event_ids bigint[], p_subscription text default null)
-returns table (event_id uuid, event_position bigint, subscription text, order_key text, event outbox._events, image json)
+returns table (event_id uuid, event_position bigint, subscription text, order_key text)
 language sql stable
 as $$
   -- Materialized: each pattern is turned into its regex once, not once per event (inlined,
@@ -47,9 +47,7 @@ as $$
         else (i.event).schema_name || '.' || (i.event).table_name || ':'
              || outbox._event_key(i.event, i.row_image)::jsonb::text
       end
-    end,
-    i.event,
-    i.image
+    end
   from images i
   -- A null regex (an exact pattern) never calls the regex (strict): false or null is no match.
   join subs s on i.topic = s.exact or ('.' || i.topic) ~ s.regex
@@ -123,7 +121,6 @@ declare
   v_claimed_subscriptions text[];
   v_claimed_event_ids uuid[];
   v_claimed_settle boolean[];
-  v_claimed_payloads text[];
 begin
   select * into v_state from outbox._dispatch_state s where s.id = 1 for update;
   if not found then
@@ -206,29 +203,16 @@ begin
     on conflict (event_position, subscription) do nothing
     returning outbox.deliveries.id, outbox.deliveries.status, outbox.deliveries.event_position,
               outbox.deliveries.subscription, outbox.deliveries.event_id
-  ),
-  -- Claimed: delivering or delivered, the statuses only claims are written with; in event
-  -- order. An event claimed for several subscriptions carries its envelope on its first row
-  -- only: the worker reuses it for the others rather than receiving it once per subscription.
-  -- The envelope comes from the match (its event and image), not from reading the event again.
-  claimed as (
-    select i.id, i.status, i.event_position, i.subscription, i.event_id, m.event, m.image,
-           row_number() over (partition by i.event_position order by i.subscription) as nth
-    from inserted i
-    join settled m on m.event_position = i.event_position and m.subscription = i.subscription
-    where i.status <> 'pending'
-    order by i.event_position, i.subscription
   )
-  select (select count(*) from inserted)::int,
-         array_agg(c.id),
-         array_agg(c.event_position),
-         array_agg(c.subscription),
-         array_agg(c.event_id),
-         array_agg(c.status = 'delivered'),
-         array_agg(case when c.nth = 1 then outbox._envelope_text(c.event, c.image, c.event_position) end)
-  into v_deliveries, v_claimed, v_claimed_positions, v_claimed_subscriptions, v_claimed_event_ids, v_claimed_settle,
-       v_claimed_payloads
-  from claimed c;
+  -- Claimed: delivering or delivered, the statuses only claims are written with.
+  select count(*)::int,
+         array_agg(i.id) filter (where i.status <> 'pending'),
+         array_agg(i.event_position) filter (where i.status <> 'pending'),
+         array_agg(i.subscription) filter (where i.status <> 'pending'),
+         array_agg(i.event_id) filter (where i.status <> 'pending'),
+         array_agg(i.status = 'delivered') filter (where i.status <> 'pending')
+  into v_deliveries, v_claimed, v_claimed_positions, v_claimed_subscriptions, v_claimed_event_ids, v_claimed_settle
+  from inserted i;
 
   -- Deliveries left for other workers: wake them to claim ('deliver', as redeliver and replay
   -- say; a write's wake-up only asks the dispatcher to read). Whether or not any looks idle:
@@ -254,9 +238,17 @@ begin
   end if;
 
   -- The claimed rows come from what the insert returned, not from reading deliveries again.
+  -- An event claimed for several subscriptions carries its envelope on its first row only:
+  -- the worker reuses it for the others rather than receiving it once per subscription.
   return query
-  select v_events, v_deliveries, v_new_last, c.id, c.subscription, c.event_id, c.event_position, c.payload, c.settle
-  from unnest(v_claimed, v_claimed_subscriptions, v_claimed_event_ids, v_claimed_positions, v_claimed_payloads, v_claimed_settle)
-         c(id, subscription, event_id, event_position, payload, settle);
+  select v_events, v_deliveries, v_new_last, c.id, c.subscription, c.event_id, c.event_position,
+         case when row_number() over (partition by c.event_position order by c.subscription) = 1
+              then env.payload end,
+         c.settle
+  from unnest(v_claimed, v_claimed_subscriptions, v_claimed_event_ids, v_claimed_positions, v_claimed_settle)
+         c(id, subscription, event_id, event_position, settle)
+  join outbox._event_envelopes(v_claimed_positions) env
+    on env.event_position = c.event_position
+  order by c.event_position, c.subscription;
 end
 $$;

@@ -129,6 +129,16 @@ test("renaming a subscription renames its deliveries; truncating subscriptions d
   assert.equal((await db.sql`select 1 from outbox.deliveries`).length, 0);
 });
 
+/** Waits until a statement of this database starting with `statementStart` waits on a lock. */
+async function lockWaitOf(statementStart: string, what: string): Promise<void> {
+  await waitFor(async () => {
+    const rows = await db.sql`
+      select 1 from pg_stat_activity
+      where datname = current_database() and wait_event_type = 'Lock' and starts_with(query, ${statementStart})`;
+    return rows.length > 0;
+  }, what);
+}
+
 /** Deliveries whose subscription does not exist (what a delete or rename must never leave). */
 async function orphanDeliveries(): Promise<number> {
   const [{ n }] = await db.sql<{ n: number }[]>`
@@ -179,12 +189,7 @@ for (const change of ["delete", "rename"] as const) {
       const [written] = await round<{ deliveries: number }[]>`select deliveries from outbox._dispatch()`;
       assert.equal(written!.deliveries, 4);
       changing = statement(table + "_changed").execute();
-      await waitFor(async () => {
-        const rows = await db.sql`
-          select 1 from pg_stat_activity
-          where datname = current_database() and wait_event_type = 'Lock' and query like ${change === "delete" ? "delete from outbox.subscriptions%" : "update outbox.subscriptions set name%"}`;
-        return rows.length > 0;
-      }, `the ${change} to wait for the round`);
+      await lockWaitOf(change === "delete" ? "delete from outbox.subscriptions" : "update outbox.subscriptions set name", `the ${change} to wait for the round`);
       await round`commit`;
     } finally {
       await round`rollback`.catch(() => undefined); // a no-op after the commit
@@ -209,12 +214,7 @@ test("a subscription deleted while replay creates its deliveries waits for the r
     const [{ n }] = await replay<{ n: number }[]>`select outbox.replay('l3p_replayed', now() - interval '1 hour') as n`;
     assert.equal(n, 2);
     deleting = db.sql`delete from outbox.subscriptions where name = 'l3p_replayed'`.execute();
-    await waitFor(async () => {
-      const rows = await db.sql`
-        select 1 from pg_stat_activity
-        where datname = current_database() and wait_event_type = 'Lock' and query like 'delete from outbox.subscriptions%'`;
-      return rows.length > 0;
-    }, "the delete to wait for the replay");
+    await lockWaitOf("delete from outbox.subscriptions", "the delete to wait for the replay");
     await replay`commit`;
   } finally {
     await replay`rollback`.catch(() => undefined); // a no-op after the commit

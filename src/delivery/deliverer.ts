@@ -257,7 +257,7 @@ export class Deliverer {
         const back = claimed.map((r): RecordedOutcome => ({
           subscription: name, id: r.id, outcome: "retry", error: UNKNOWN_SUBSCRIPTION_ERROR, status: null, retryAfterMs: 0,
         }));
-        void committed.then(() => this.outcomes.push(back));
+        this.outcomes.push(back, committed);
         continue;
       }
       const attempt = (r: DispatchedClaim): DeliveryAttempt => ({ deliveryId: r.id, attempt: 1, body: r.payload, eventId: r.eventId });
@@ -351,15 +351,14 @@ export class Deliverer {
     } catch (error) {
       outcomes = attempts.map(() => ({ outcome: "retry", error: errorText(error) }));
     }
-    const now: RecordedOutcome[] = [];
-    const afterCommit: RecordedOutcome[] = [];
+    const results: RecordedOutcome[] = [];
     attempts.forEach((attempt, i) => {
       const o = outcomes[i] ?? { outcome: "retry" as const, error: "transport returned no outcome" };
       if (settlement?.finished(attempt.deliveryId, o.outcome === "delivered")) {
         this.inFlight.set(sub.name, (this.inFlight.get(sub.name) ?? 0) - 1);
         return;
       }
-      (committed ? afterCommit : now).push({
+      results.push({
         subscription: sub.name,
         id: attempt.deliveryId,
         outcome: o.outcome,
@@ -375,8 +374,7 @@ export class Deliverer {
     });
     // Still held until the outcome is recorded (flush): claiming more before that would let
     // unrecorded outcomes pile up without bound when recording is the slower side.
-    if (now.length > 0) this.outcomes.push(now);
-    if (afterCommit.length > 0) void committed!.then(() => this.outcomes.push(afterCommit));
+    this.outcomes.push(results, committed);
     this.notifyIdle();
   }
 

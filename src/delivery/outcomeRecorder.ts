@@ -33,8 +33,17 @@ export class OutcomeRecorder {
 
   constructor(private readonly options: OutcomeRecorderOptions) {}
 
-  /** Buffers outcomes and records them on the next tick. */
-  push(outcomes: RecordedOutcome[]): void {
+  /**
+   * Buffers outcomes and records them on the next tick, or on the tick after `after` resolves:
+   * the deliveries of a dispatch round exist for the pool only once its commit is answered,
+   * and recorded earlier the outcomes would find no row.
+   */
+  push(outcomes: RecordedOutcome[], after?: Promise<void>): void {
+    if (outcomes.length === 0) return;
+    if (after) {
+      void after.then(() => this.push(outcomes));
+      return;
+    }
     this.results.push(...outcomes);
     this.scheduleFlush();
   }

@@ -27,8 +27,12 @@ export interface DispatcherOptions {
   logger: Logger;
 }
 
-/** What {@link Dispatcher.runUntilCaughtUp} did: its rounds' totals, and how many rounds it ran (those that found nothing included). */
-export type DispatchTotal = DispatchRound & { rounds: number };
+/**
+ * What {@link Dispatcher.runUntilCaughtUp} did: its rounds' totals, how many deliveries they
+ * wrote already claimed for this worker, and how many rounds it ran (those that found nothing
+ * included).
+ */
+export type DispatchTotal = Omit<DispatchRound, "claimed"> & { claimed: number; rounds: number };
 
 /**
  * One dispatcher at a time across all processes (DESIGN.md guarantee 7): the role is a
@@ -98,15 +102,14 @@ export class Dispatcher {
    * `dispatchRoundRun`: in a round that settles, while its transaction is open).
    * `committed` resolves once the round's commit has been answered, or given up on (after
    * which the rows may or may not exist): their outcomes may be recorded from then on.
-   * Returns the totals (with every claimed row, for counting), or null when another process is the
-   * dispatcher.
+   * Returns the totals, or null when another process is the dispatcher.
    */
   async runUntilCaughtUp(
     claim?: () => DispatchClaimRequest | undefined,
     onClaimed?: (round: DispatchRound, committed: Promise<void>) => Promise<string[]>,
     maxRounds = 20,
   ): Promise<DispatchTotal | null> {
-    const total: DispatchTotal = { events: 0, deliveries: 0, lastId: "0", claimed: [], rounds: 0 };
+    const total: DispatchTotal = { events: 0, deliveries: 0, lastId: "0", claimed: 0, rounds: 0 };
     try {
       if (!this.holding) {
         this.holding = await this.guarded(dispatchLockTry(this.client));
@@ -122,7 +125,7 @@ export class Dispatcher {
         total.events += result.events;
         total.deliveries += result.deliveries;
         total.lastId = result.lastId;
-        total.claimed.push(...result.claimed);
+        total.claimed += result.claimed.length;
         if (result.events < this.maxEvents / 2) break;
       }
       return total;

@@ -238,7 +238,7 @@ export async function startWorker(options: WorkerOptions): Promise<OutboxWorker>
         const events = round?.events ?? 0;
         http?.metrics.dispatchRan(round?.rounds ?? 0, events);
         // Deliveries dispatch wrote without claiming them for this worker: someone must claim them.
-        if (round && round.deliveries > round.claimed.length) deliverer.requestClaims();
+        if (round && round.deliveries > round.claimed) deliverer.requestClaims();
         const claimed = await deliverer.pumpAll();
         // After dispatch, so that a wake-up's first round is not kept waiting.
         if (Date.now() - lastRecoverAt > Math.min(5000, options.leaseMs / 2)) {

@@ -264,6 +264,23 @@ test("event ids are unique uuids that map back to their position", async () => {
     from outbox.events where table_name = 'c12'`;
   assert.equal(rows[0]!.ok, true);
   assert.equal(rows[0]!.v, "7", "UUIDv7 layout");
+  // The layout, computed independently: 48 bits of Unix milliseconds, version 7, the
+  // position's top bit, the variant (binary 10), the position's other 62 bits. Stored
+  // deliveries keep ids computed by earlier versions of the function: they must not change.
+  const vectors = await db.sql<{ id: string; ms: string; position: string }[]>`
+    select outbox._event_uuid(t, p)::text as id, floor(extract(epoch from t) * 1000)::text as ms, p::text as position
+    from (values (timestamptz '2026-12-02 20:11:01.069123+00', 0::bigint),
+                 (timestamptz '1970-01-01 00:00:00.001+00', 123456789012::bigint),
+                 (timestamptz '2300-06-30 23:59:59.999999+00', 9223372036854775807::bigint),
+                 (now(), (4611686018427387904::bigint) + 65537)) v(t, p)`;
+  for (const { id, ms, position } of vectors) {
+    const p = BigInt(position);
+    const high = (BigInt(ms) << 16n) | 0x7000n | ((p >> 62n) & 1n);
+    const low = (p & ((1n << 62n) - 1n)) | (1n << 63n);
+    const hex = high.toString(16).padStart(16, "0") + low.toString(16).padStart(16, "0");
+    const expected = `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+    assert.equal(id, expected, `uuid of position ${position} at ${ms} ms`);
+  }
 });
 
 for (const [name, call, pattern] of [

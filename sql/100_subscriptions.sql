@@ -217,16 +217,29 @@ create trigger tg_subscriptions__notify
 --     run with a newer snapshot (read committed) and take its deliveries along.
 -- Either way no delivery is left naming a subscription that does not exist. Dispatch
 -- waits for a transaction that deletes or renames subscriptions: keep those short.
+--
+-- Deletes run once per statement, over its transition table: deliveries have no index on
+-- `subscription` alone, so each per-row delete read the whole table (400,000 deliveries: one
+-- subscription 70 ms, ten in one statement 482 ms, against 132 ms for one set-based delete).
+-- Renames stay per row: transition tables cannot serve `update of name` triggers, and old and
+-- new names could not be paired.
 create or replace function outbox.tg_subscriptions__cascade()
 returns trigger
 language plpgsql
 as $$
 begin
+  -- A statement that deleted nothing must not hold up a dispatch round. (Nested: one
+  -- expression naming outbox_old would be planned for renames too, which have no such table.)
+  if tg_op = 'DELETE' then
+    if not exists (select from outbox_old) then
+      return null;
+    end if;
+  end if;
   update outbox._dispatch_state s set updated_at = now() where s.id = 1;
   if tg_op = 'TRUNCATE' then
     delete from outbox.deliveries;
   elsif tg_op = 'DELETE' then
-    delete from outbox.deliveries d where d.subscription = old.name;
+    delete from outbox.deliveries d using outbox_old o where d.subscription = o.name;
   else
     update outbox.deliveries d set subscription = new.name where d.subscription = old.name;
   end if;
@@ -237,7 +250,8 @@ $$;
 drop trigger if exists tg_subscriptions__cascade_delete on outbox.subscriptions;
 create trigger tg_subscriptions__cascade_delete
   after delete on outbox.subscriptions
-  for each row execute function outbox.tg_subscriptions__cascade();
+  referencing old table as outbox_old
+  for each statement execute function outbox.tg_subscriptions__cascade();
 
 drop trigger if exists tg_subscriptions__cascade_rename on outbox.subscriptions;
 create trigger tg_subscriptions__cascade_rename

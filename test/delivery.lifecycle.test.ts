@@ -115,6 +115,24 @@ test("deleting a subscription deletes its deliveries", async () => {
   assert.equal((await deliveriesOf(db.sql, "l3_kept")).length, 2, "other subscriptions keep theirs");
 });
 
+test("deleting several subscriptions in one statement deletes all their deliveries; a delete that matches none leaves dispatch alone", async () => {
+  await capturedTable(db.sql, "l3m");
+  await db.sql`
+    insert into outbox.subscriptions (name, pattern, kind) values
+      ('l3m_a', 'public.l3m.*', 'handler'), ('l3m_b', 'public.l3m.*', 'handler'), ('l3m_kept', 'public.l3m.*', 'handler')`;
+  await db.sql`insert into l3m (id) values (1), (2)`;
+  await dispatchOnce(db.sql);
+  await db.sql`delete from outbox.subscriptions where name in ('l3m_a', 'l3m_b')`;
+  assert.equal((await db.sql`select 1 from outbox.deliveries where subscription in ('l3m_a', 'l3m_b')`).length, 0);
+  assert.equal((await deliveriesOf(db.sql, "l3m_kept")).length, 2, "other subscriptions keep theirs");
+  // The state row is what makes a racing dispatch round fail or wait: touched only when
+  // something was deleted.
+  const stateTouched = async () => (await db.sql<{ at: Date }[]>`select updated_at as at from outbox._dispatch_state`)[0]!.at.getTime();
+  const before = await stateTouched();
+  await db.sql`delete from outbox.subscriptions where name = 'l3m_nope'`;
+  assert.equal(await stateTouched(), before);
+});
+
 test("renaming a subscription renames its deliveries; truncating subscriptions deletes every delivery", async () => {
   await capturedTable(db.sql, "l3r");
   await db.sql`insert into outbox.subscriptions (name, pattern, kind) values ('l3r_old', 'public.l3r.*', 'handler')`;
